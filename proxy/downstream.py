@@ -1,0 +1,340 @@
+"""The client side: parse requests strictly, route each one, hand it to an `Exchange`.
+
+llhttp (through httptools) parses with its strict defaults: no leniency flag is ever set, so
+Content-Length with Transfer-Encoding, repeated Content-Length, obs-fold and stray CR or NUL in
+a head are all parse errors, answered with 400 and a closed connection.
+
+Pipelined requests queue as exchanges; only the first talks to an upstream, the others keep
+their (bounded) bytes until it is their turn, so responses go back in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from proxy.exchange import BLOCK_PIPELINE, Exchange
+from proxy.headers import RequestHeadError, build_upstream_request_head, simple_response
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyServer
+    from proxy.upstream import UpstreamConnection
+
+log = logging.getLogger(__name__)
+
+# Beyond this many queued pipelined requests, stop reading until the first ones are answered.
+MAX_PIPELINED = 16
+
+
+class ClientConnection(asyncio.Protocol):
+    """One connection from a client (or a load balancer in front of the proxy)."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip: str | None = None
+        self.parser = HttpRequestParser(self)
+        self.parser_stale = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parsing: Exchange | None = None  # the request whose body is being read
+        self.body_remaining: int | None = None
+        self.pass_through = 0
+        self.queue: deque[Exchange] = deque()
+        self.tunnel: Exchange | None = None
+        self.upgrade_pending: Exchange | None = None
+        self.read_blocks = 0
+        self.writing_paused = False
+        self.closed = False
+        self.eof = False
+        self.last_activity = 0.0
+        self.head_started: float | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register with the server and note the peer for X-Forwarded-For and preview checks."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer_ip = str(peer[0])
+        self.last_activity = self.loop.time()
+        self.server.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Abandon every exchange still in flight; their upstream connections are closed."""
+        self.closed = True
+        self.server.connection_closed(self)
+        if self.tunnel is not None:
+            exchange, self.tunnel = self.tunnel, None
+            exchange.client_lost()
+        while self.queue:
+            self.queue.popleft().client_lost()
+
+    def eof_received(self) -> bool:
+        """A client half-closed: finish the responses it is owed, then close."""
+        self.eof = True
+        if self.tunnel is not None:
+            return False
+        return bool(self.queue)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the upstream sends: stop reading the upstream."""
+        self.writing_paused = True
+        conn = self._current_upstream()
+        if conn is not None:
+            conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client caught up: read the upstream again."""
+        self.writing_paused = False
+        conn = self._current_upstream()
+        if conn is not None:
+            conn.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, or pass body and tunnel bytes straight on."""
+        self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        if self.upgrade_pending is not None:
+            self.upgrade_pending.tunnel_from_client(data)
+            return
+        if self.pass_through:
+            data = self._pass_body_through(data)
+            if not data:
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._upgrade_requested(data[upgrade.args[0] :])
+            return
+        except HttpParserError as error:
+            # An exception raised in a parser callback arrives as the context of a parser error.
+            cause = error.__context__
+            if isinstance(cause, RequestHeadError):
+                self._reject(cause.status, str(cause))
+            else:
+                self._reject(400, f"bad request: {str(error).strip() or type(error).__name__}")
+            return
+        if self.parsing is not None and self.body_remaining:
+            # The rest of this body is forwarded without the parser (see proxy/upstream.py).
+            self.pass_through = self.body_remaining
+            self.parser_stale = True
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """Start a new request head."""
+        self.url = b""
+        self.headers = []
+        self.head_started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the request target (llhttp may hand it over in pieces)."""
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect one header field."""
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """Route the request with the table current now and queue its exchange."""
+        self.head_started = None
+        parser = self.parser
+        server = self.server
+        table = server.table
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise RequestHeadError("bad request: CONNECT is not supported by a reverse proxy")
+        if table is None:
+            raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
+        headers = self.headers
+        preview_header = table.preview_header
+        preview_value: bytes | None = None
+        content_length: int | None = None
+        chunked = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == preview_header:
+                preview_value = value
+            elif lower == b"content-length":
+                content_length = int(value)  # llhttp already refused bad or repeated values
+            elif lower == b"transfer-encoding":
+                chunked = True  # llhttp accepts only a final "chunked" and refuses it with CL
+        upgrade = parser.should_upgrade()
+        head, _host = build_upstream_request_head(
+            method,
+            self.url,
+            headers,
+            peer_ip=self.peer_ip,
+            preview_header=preview_header,
+            chunked_body=chunked,
+            upgrade=upgrade,
+        )
+        route = table.choose(preview_value, self.peer_ip)
+        http10 = parser.get_http_version() == "1.0"
+        exchange = Exchange(
+            self,
+            table,
+            route,
+            head,
+            method=method,
+            has_body=chunked or bool(content_length),
+            body_chunked=chunked,
+            is_upgrade=upgrade,
+            keep_alive=parser.should_keep_alive() and not upgrade,
+            client_http10=http10,
+        )
+        self.parsing = exchange
+        self.body_remaining = content_length
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.start()
+        elif len(self.queue) >= MAX_PIPELINED:
+            self.block_reading(BLOCK_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        """Forward a piece of the request body."""
+        if self.body_remaining is not None:
+            self.body_remaining -= len(body)
+        if self.parsing is not None:
+            self.parsing.request_body(body)
+
+    def on_message_complete(self) -> None:
+        """The request is fully read."""
+        exchange, self.parsing = self.parsing, None
+        self.body_remaining = None
+        if exchange is not None:
+            exchange.request_done()
+
+    # --- used by exchanges and the server ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send response bytes to the client."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        """Send several pieces of response bytes to the client at once."""
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(parts)
+
+    def block_reading(self, reason: int) -> None:
+        """Stop reading from the client for `reason` (a bit of the blocking mask)."""
+        if not self.read_blocks and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.read_blocks |= reason
+
+    def unblock_reading(self, reason: int) -> None:
+        """Clear `reason`; reading resumes once no reason is left."""
+        if not self.read_blocks & reason:
+            return
+        self.read_blocks &= ~reason
+        if not self.read_blocks and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """Start the next pipelined request, or close when the connection cannot be reused."""
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        self.last_activity = self.loop.time()
+        if not exchange.keep_alive or self.closed:
+            self.close()
+            return
+        if len(self.queue) < MAX_PIPELINED:
+            self.unblock_reading(BLOCK_PIPELINE)
+        if self.queue:
+            self.queue[0].start()
+        elif self.eof or self.server.draining:
+            self.close()
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """Switch to tunnelling after a 101: bytes now flow unparsed both ways."""
+        self.upgrade_pending = None
+        self.tunnel = exchange
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        self.server.tunnel_opened(self, exchange)
+
+    def idle(self) -> bool:
+        """Say whether no request is in progress (for keep-alive timeouts and the drain)."""
+        return (
+            not self.queue
+            and self.tunnel is None
+            and self.upgrade_pending is None
+            and self.parsing is None
+            and self.head_started is None
+        )
+
+    def request_timeout(self) -> None:
+        """The request head did not arrive in time (a slow or stuck client): 408 and close."""
+        self.head_started = None
+        self._reject(408, "request head not received in time")
+
+    def close(self) -> None:
+        """Close after the buffered bytes are written."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding buffered bytes: the client must see a cut response."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _current_upstream(self) -> UpstreamConnection | None:
+        exchange = self.tunnel or (self.queue[0] if self.queue else None)
+        return exchange.conn if exchange is not None else None
+
+    def _pass_body_through(self, data: bytes) -> bytes:
+        """Forward up to `pass_through` body bytes unparsed; return the bytes after the body."""
+        exchange = self.parsing
+        size = len(data)
+        if size <= self.pass_through:
+            body, rest = data, b""
+        else:
+            body, rest = data[: self.pass_through], data[self.pass_through :]
+        self.pass_through -= len(body)
+        if exchange is not None:
+            exchange.request_body(body)
+        if self.pass_through == 0:
+            self.body_remaining = 0
+            self.on_message_complete()
+            # The old parser stopped mid-body; the next request needs a fresh one.
+            self.parser = HttpRequestParser(self)
+            self.parser_stale = False
+        return rest
+
+    def _upgrade_requested(self, early_bytes: bytes) -> None:
+        """Keep an upgrade request's exchange aside until the upstream answers it."""
+        exchange = self.queue[-1] if self.queue else None
+        if exchange is None or not exchange.is_upgrade:
+            self._reject(400, "bad request: unexpected upgrade")
+            return
+        self.upgrade_pending = exchange
+        self.parsing = None
+        if early_bytes:
+            exchange.tunnel_from_client(early_bytes)
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer a request the proxy will not forward, then close the connection."""
+        self.server.stats.rejected_request(status)
+        log.info("rejected request peer=%s status=%d reason=%r", self.peer_ip, status, message)
+        if not self.queue:
+            self.write(simple_response(status, message))
+            self.close()
+        else:
+            # Answering now would jump ahead of responses still owed; closing is the safe answer.
+            self.abort()

@@ -1,0 +1,372 @@
+"""One request and its response, from a complete request head to the last response byte.
+
+The exchange is the glue between the client connection (downstream) and one upstream
+connection. It keeps the routing decision made when the head arrived, so a request finishes on
+the colour it started on whatever the routing table says later.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from proxy.headers import LAST_CHUNK, build_response_head, simple_response
+from proxy.routing import Route, RoutingTable, Upstream
+from proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.downstream import ClientConnection
+
+log = logging.getLogger(__name__)
+
+# Reading from the client stops while this many request-body bytes wait for an upstream
+# connection, so a fast uploader cannot make the proxy buffer a whole body.
+PENDING_BODY_LIMIT = 256 * 1024
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Reasons a client connection stops reading, as bits of one mask.
+BLOCK_UPSTREAM_BUSY = 1
+BLOCK_PENDING_BODY = 2
+BLOCK_PIPELINE = 4
+
+
+class Exchange:
+    """Forwards one request to its colour and the response back to the client."""
+
+    __slots__ = (
+        "body_chunked",
+        "client",
+        "client_http10",
+        "colour_bytes",
+        "conn",
+        "conn_reused",
+        "finished",
+        "has_body",
+        "head",
+        "is_head",
+        "is_upgrade",
+        "keep_alive",
+        "method",
+        "pending",
+        "pending_size",
+        "pool",
+        "request_complete",
+        "response_chunked",
+        "response_started",
+        "retried",
+        "route",
+        "started_at",
+        "status",
+        "table",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        table: RoutingTable,
+        route: Route,
+        head: bytes,
+        *,
+        method: bytes,
+        has_body: bool,
+        body_chunked: bool,
+        is_upgrade: bool,
+        keep_alive: bool,
+        client_http10: bool,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.route = route
+        self.upstream: Upstream = table.upstreams[route.colour]
+        self.colour_bytes = route.colour.encode("ascii")
+        self.pool: UpstreamPool | None = None
+        self.head = head
+        self.method = method
+        self.is_head = method == b"HEAD"
+        self.has_body = has_body
+        self.body_chunked = body_chunked
+        self.is_upgrade = is_upgrade
+        self.keep_alive = keep_alive
+        self.client_http10 = client_http10
+        self.conn: UpstreamConnection | None = None
+        self.conn_reused = False
+        # Bytes waiting for an upstream connection; None once attached, then bytes go straight out.
+        self.pending: list[bytes] | None = [head]
+        self.pending_size = 0
+        self.request_complete = False
+        self.response_started = False
+        self.response_chunked = False
+        self.finished = False
+        self.retried = False
+        self.status = 0
+        self.started_at = client.loop.time()
+        client.server.stats.request_started(route.colour)
+
+    # --- request side, driven by the client connection --------------------------------------
+
+    def start(self) -> None:
+        """Send the request upstream: on an idle pooled connection, or on a new one."""
+        pool = self.pool = self.client.server.pool_for(self.upstream, self.table)
+        conn = pool.take_idle()
+        if conn is not None:
+            self.conn_reused = True
+            self._attach(conn)
+        else:
+            self.conn_reused = False
+            self.client.loop.create_task(self._connect(pool))
+
+    def request_body(self, data: bytes) -> None:
+        """Forward a piece of the request body, framing it again when chunked."""
+        parts = [b"%x\r\n" % len(data), data, b"\r\n"] if self.body_chunked else [data]
+        conn = self.conn
+        if conn is not None and self.pending is None:
+            conn.writelines(parts)
+        elif self.pending is not None:
+            self.pending += parts
+            self.pending_size += len(data)
+            if self.pending_size > PENDING_BODY_LIMIT:
+                self.client.block_reading(BLOCK_PENDING_BODY)
+
+    def request_done(self) -> None:
+        """The whole request has been read from the client."""
+        self.request_complete = True
+        if self.body_chunked:
+            conn = self.conn
+            if conn is not None and self.pending is None:
+                conn.write(LAST_CHUNK)
+            elif self.pending is not None:
+                self.pending.append(LAST_CHUNK)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        """Forward bytes of an upgraded connection (or bytes sent early, before the 101)."""
+        conn = self.conn
+        if conn is not None and self.pending is None:
+            conn.write(data)
+        elif self.pending is not None:
+            self.pending.append(data)
+
+    def waiting_for_client(self) -> bool:
+        """Say whether progress waits on the client (slow upload, or slow reading of ours)."""
+        return (not self.request_complete and not self.response_started) or bool(
+            self.client.transport is not None
+            and self.client.transport.get_write_buffer_size() > 0
+            and self.client.writing_paused
+        )
+
+    def client_lost(self) -> None:
+        """The client went away: the upstream connection is mid-message and cannot be reused."""
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self._record(499 if not self.response_started else self.status)
+
+    # --- response side, driven by the upstream connection -----------------------------------
+
+    def informational_response(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Forward a 1xx (100 Continue, 103 Early Hints) to HTTP/1.1 clients."""
+        if self.client_http10:
+            return
+        head = build_response_head(
+            status,
+            reason,
+            headers,
+            colour=self.colour_bytes,
+            content_length=None,
+            chunked=False,
+            keep_alive=True,
+            client_http10=False,
+            upgrade=False,
+        )
+        self.client.write(head)
+
+    def response_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        content_length: int | None,
+        chunked: bool,
+        no_body: bool,
+        upgrade: bool,
+    ) -> None:
+        """Write the response head with the proxy's own framing and the colour header."""
+        self.status = status
+        self.response_started = True
+        if self.is_upgrade and not upgrade:
+            # The upstream declined the upgrade; the client may have sent tunnel bytes already.
+            self.keep_alive = False
+        if not self.request_complete and not upgrade:
+            # The upstream answered before the whole body arrived: the rest of the body is
+            # never read, so neither connection can carry another request.
+            self.keep_alive = False
+        if self.client.server.draining:
+            self.keep_alive = False
+        if no_body:
+            length: int | None = content_length if self.is_head else None
+            use_chunked = False
+        elif content_length is not None:
+            length, use_chunked = content_length, False
+        else:
+            # Chunked or close-delimited upstream: chunked to HTTP/1.1 clients, close-delimited
+            # to HTTP/1.0 clients, who do not know chunked.
+            length = None
+            use_chunked = not self.client_http10
+            if self.client_http10:
+                self.keep_alive = False
+        if no_body and self.is_head:
+            # Keep the upstream's Content-Length for HEAD: it describes the GET body.
+            length = _content_length(headers)
+        self.response_chunked = use_chunked
+        head = build_response_head(
+            status,
+            reason,
+            headers,
+            colour=self.colour_bytes,
+            content_length=length,
+            chunked=use_chunked,
+            keep_alive=self.keep_alive,
+            client_http10=self.client_http10,
+            upgrade=upgrade,
+        )
+        self.client.write(head)
+        if upgrade:
+            self.client.start_tunnel(self)
+
+    def response_body(self, data: bytes) -> None:
+        """Forward a piece of the response body."""
+        if self.response_chunked:
+            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.client.write(data)
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        """Finish the response, return the upstream connection to its pool, record metrics."""
+        if self.response_chunked:
+            self.client.write(LAST_CHUNK)
+        self.conn = None
+        if not self.request_complete:
+            conn.reusable = False
+        assert self.pool is not None
+        self.pool.release(conn)
+        self._record(self.status)
+        self.client.exchange_finished(self)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        """Forward bytes of an upgraded connection to the client."""
+        self.client.write(data)
+
+    def tunnel_closed_by_upstream(self) -> None:
+        """The upstream closed a tunnel: close the client side too."""
+        self.conn = None
+        self._record(self.status)
+        self.client.close()
+
+    def upstream_failed(
+        self, kind: str, message: str, *, response_seen: bool, timed_out: bool = False
+    ) -> None:
+        """Report a broken upstream: an error response if nothing was sent, else cut the client.
+
+        A client that got part of a response must never see it as complete, so after the head
+        the only honest signal is closing the connection.
+        """
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+        stats = self.client.server.stats
+        if self._should_retry(kind, response_seen):
+            self.retried = True
+            self.pending = [self.head]
+            log.debug("retrying on a new connection colour=%s after=%s", self.route.colour, kind)
+            assert self.pool is not None
+            self.conn_reused = False
+            self.client.loop.create_task(self._connect(self.pool))
+            return
+        stats.upstream_error(self.route.colour, kind)
+        log.warning(
+            "upstream failure colour=%s upstream=%s kind=%s detail=%r",
+            self.route.colour,
+            self.upstream.url,
+            kind,
+            message,
+        )
+        if self.response_started:
+            self._record(self.status)
+            self.client.abort()
+            return
+        status = 504 if timed_out else 502
+        self.status = status
+        text = f"bluegreen: colour {self.route.colour} ({self.upstream.url}) {message}"
+        self.client.write(simple_response(status, text, colour=self.route.colour))
+        self._record(status)
+        self.client.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    async def _connect(self, pool: UpstreamPool) -> None:
+        timeout = self.table.timeouts.connect
+        try:
+            conn = await pool.connect(timeout)
+        except TimeoutError:
+            self._connect_failed("timeout", f"connect timed out after {timeout:g}s", True)
+            return
+        except OSError as error:
+            reason = error.strerror or str(error) or type(error).__name__
+            self._connect_failed("connect", f"unreachable: {reason.lower()}", False)
+            return
+        if self.finished or self.client.closed:
+            pool.release(conn)
+            return
+        self._attach(conn)
+
+    def _connect_failed(self, kind: str, message: str, timed_out: bool) -> None:
+        if not self.finished and not self.client.closed:
+            self.upstream_failed(kind, message, response_seen=False, timed_out=timed_out)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.attach(self, self.table.timeouts.read)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            conn.writelines(pending)
+        if self.pending_size:
+            self.pending_size = 0
+            self.client.unblock_reading(BLOCK_PENDING_BODY)
+
+    def _should_retry(self, kind: str, response_seen: bool) -> bool:
+        # A pooled connection can be closed by the upstream just as it is reused. Such a request
+        # was never processed, so it is safe to send again, once, when it has no body to replay.
+        return (
+            kind in ("closed", "reset")
+            and not response_seen
+            and not self.retried
+            and self.conn_reused
+            and not self.has_body
+            and self.method in IDEMPOTENT_METHODS
+        )
+
+    def _record(self, status: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        elapsed = self.client.loop.time() - self.started_at
+        self.client.server.stats.request_finished(
+            self.route.colour, self.route.kind, status, elapsed
+        )
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value)
+    return None

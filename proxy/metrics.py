@@ -1,0 +1,207 @@
+"""Every metric the process exports, in one place.
+
+The forwarding hot path counts into plain Python ints and lists (`TrafficStats`), which costs a
+dict lookup and an add per request. prometheus-client's own Counter and Histogram children take
+a lock and do more work per call; at tens of thousands of requests a second that shows up.
+`TrafficCollector` turns the plain counts into metric families only when Prometheus scrapes.
+The rest (switches, reloads, errors that happen a few times a day) uses ordinary
+prometheus-client objects, which is clearer and costs nothing that matters.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+# Latency buckets in seconds: fine below 10 ms where a proxy in front of a healthy Service lives,
+# coarse above, ending at the default read timeout.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass(slots=True)
+class DurationHistogram:
+    """Cumulative-at-scrape latency histogram: per-bucket counts, a count and a sum."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        """Record one duration."""
+        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+
+class TrafficStats:
+    """Request counts, latencies, in-flight gauges and upstream errors, as plain numbers.
+
+    Only the event loop's thread touches these, so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], DurationHistogram] = {}
+        self.inflight: dict[str, int] = {}
+        self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.rejected: dict[int, int] = {}
+
+    def rejected_request(self, status: int) -> None:
+        """Count a request refused before routing (bad framing, no config)."""
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    def request_started(self, colour: str) -> None:
+        """Count a request as in flight to `colour`."""
+        self.inflight[colour] = self.inflight.get(colour, 0) + 1
+
+    def request_finished(self, colour: str, route: str, status: int, seconds: float) -> None:
+        """Count a finished request: its status class and its duration."""
+        self.inflight[colour] -= 1
+        key = (colour, route, STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx")
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.durations.get((colour, route))
+        if histogram is None:
+            histogram = self.durations[(colour, route)] = DurationHistogram()
+        histogram.observe(seconds)
+
+    def upstream_error(self, colour: str, kind: str) -> None:
+        """Count one failure to reach or read a colour; `kind` is a short fixed word."""
+        key = (colour, kind)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def request_count(self, colour: str, route: str | None = None) -> int:
+        """Total requests answered for a colour (optionally one route), for status and tests."""
+        return sum(
+            n for (c, r, _), n in self.requests.items() if c == colour and route in (None, r)
+        )
+
+
+class TrafficCollector(Collector):
+    """Exposes a `TrafficStats` as Prometheus metric families at scrape time."""
+
+    def __init__(self, stats: TrafficStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the request, latency, in-flight and upstream error families."""
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "bluegreen_requests",
+            "Requests answered, by colour, route (live or preview) and status class.",
+            labels=("colour", "route", "code"),
+        )
+        for (colour, route, code), n in sorted(stats.requests.items()):
+            requests.add_metric((colour, route, code), n)
+        yield requests
+
+        durations = HistogramMetricFamily(
+            "bluegreen_request_duration_seconds",
+            "Time from a complete request head to the end of the response.",
+            labels=("colour", "route"),
+        )
+        for (colour, route), hist in sorted(stats.durations.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), hist.buckets, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            durations.add_metric((colour, route), buckets, hist.total)
+        yield durations
+
+        inflight = GaugeMetricFamily(
+            "bluegreen_inflight_requests",
+            "Requests being forwarded right now, by colour.",
+            labels=("colour",),
+        )
+        for colour, n in sorted(stats.inflight.items()):
+            inflight.add_metric((colour,), n)
+        yield inflight
+
+        errors = CounterMetricFamily(
+            "bluegreen_upstream_errors",
+            "Failures to reach or read a colour: connect, timeout, reset, protocol.",
+            labels=("colour", "kind"),
+        )
+        for (colour, kind), n in sorted(stats.upstream_errors.items()):
+            errors.add_metric((colour, kind), n)
+        yield errors
+
+        rejected = CounterMetricFamily(
+            "bluegreen_rejected_requests",
+            "Requests answered by the proxy itself before routing, by status code.",
+            labels=("code",),
+        )
+        for status, n in sorted(stats.rejected.items()):
+            rejected.add_metric((str(status),), n)
+        yield rejected
+
+
+class ControlMetrics:
+    """Metrics of the control plane: active colour, switches and config reloads."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.active_colour = Gauge(
+            "bluegreen_active_colour",
+            "1 for the colour that receives live traffic, 0 for the others.",
+            ("colour",),
+            registry=registry,
+        )
+        self.switches = Counter(
+            "bluegreen_switches",
+            "Changes of the active colour that were applied.",
+            ("from_colour", "to_colour"),
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "bluegreen_config_reloads",
+            "Config versions seen, by result: accepted or rejected.",
+            ("result",),
+            registry=registry,
+        )
+        self.config_last_success = Gauge(
+            "bluegreen_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last accepted config.",
+            registry=registry,
+        )
+        for result in ("accepted", "rejected"):
+            self.config_reloads.labels(result)
+
+    def show_active(self, colours: tuple[str, ...], active: str) -> None:
+        """Set the active-colour gauge: 1 for `active`, 0 for every other colour."""
+        for colour in colours:
+            self.active_colour.labels(colour).set(1 if colour == active else 0)
+
+
+def build_registry(stats: TrafficStats) -> tuple[CollectorRegistry, ControlMetrics]:
+    """Create the process's registry holding the traffic collector and the control metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(TrafficCollector(stats))
+    return registry, ControlMetrics(registry)

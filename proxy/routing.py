@@ -1,0 +1,140 @@
+"""The routing table the controller publishes and the pure per-request routing choice.
+
+A `RoutingTable` is immutable. The controller builds a new one for every accepted config and the
+server swaps it in with one attribute assignment; each request reads the table once, when its head
+is complete, and keeps that table (and so its colour) to the end. No locks are needed because
+nothing is ever mutated in place.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LIVE = "live"
+PREVIEW = "preview"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where one colour's Service listens: a plain-HTTP host and port."""
+
+    colour: str
+    url: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewPolicy:
+    """Who may send preview traffic to the idle colour, and with which header."""
+
+    header: str = "x-bluegreen-preview"
+    token: bytes | None = None
+    trusted_networks: tuple[IPNetwork, ...] = ()
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The header name, lower-case, as the parser hands it over."""
+        return self.header.lower().encode("ascii")
+
+    def allows(self, value: bytes, peer_ip: str | None) -> bool:
+        """Say whether a request with preview header `value` from `peer_ip` may use preview.
+
+        The token is compared in constant time so its value cannot be guessed byte by byte
+        from response timings.
+        """
+        if self.token is not None and not hmac.compare_digest(value.strip(), self.token):
+            return False
+        if not self.trusted_networks:
+            return True
+        if peer_ip is None:
+            return False
+        try:
+            address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The outcome of routing one request: which colour, and whether it is live or preview."""
+
+    colour: str
+    kind: str  # LIVE or PREVIEW: a metric label, so it stays low-cardinality
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTimeouts:
+    """Per-request upstream limits, in seconds."""
+
+    connect: float = 5.0
+    read: float = 60.0
+    drain: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Bounds of the keep-alive pool kept for each colour."""
+
+    max_idle: int = 64
+    idle_timeout: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """One immutable snapshot of where traffic goes.
+
+    `idle` is the colour that preview traffic reaches, or None when there is no distinct idle
+    colour (then the preview header is ignored and the request is live).
+    """
+
+    version: str
+    active: str
+    idle: str | None
+    upstreams: Mapping[str, Upstream]
+    preview: PreviewPolicy = field(default_factory=PreviewPolicy)
+    timeouts: ProxyTimeouts = field(default_factory=ProxyTimeouts)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    live_route: Route = field(init=False)
+    preview_route: Route | None = field(init=False)
+    preview_header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.active not in self.upstreams:
+            raise ValueError(f"active colour {self.active!r} has no upstream")
+        if self.idle is not None and (self.idle not in self.upstreams or self.idle == self.active):
+            raise ValueError(f"idle colour {self.idle!r} must be another known colour")
+        # Freeze the mapping and precompute the two possible routes so the hot path allocates
+        # nothing to route a request.
+        object.__setattr__(self, "upstreams", MappingProxyType(dict(self.upstreams)))
+        object.__setattr__(self, "live_route", Route(self.active, LIVE))
+        object.__setattr__(
+            self, "preview_route", Route(self.idle, PREVIEW) if self.idle is not None else None
+        )
+        object.__setattr__(self, "preview_header", self.preview.header_bytes)
+
+    @property
+    def colours(self) -> tuple[str, ...]:
+        """Every configured colour, in config order."""
+        return tuple(self.upstreams)
+
+    def choose(self, preview_value: bytes | None, peer_ip: str | None) -> Route:
+        """Route one request: live to the active colour, allowed preview to the idle colour.
+
+        A preview header that is not allowed (wrong token, untrusted peer) is treated as absent,
+        so an outsider cannot tell whether preview exists.
+        """
+        if preview_value is None or self.preview_route is None:
+            return self.live_route
+        if self.preview.allows(preview_value, peer_ip):
+            return self.preview_route
+        return self.live_route

@@ -1,0 +1,201 @@
+"""The proxy server: listeners, the routing-table holder, upstream pools and graceful drain.
+
+`ProxyServer.table` is the one place the routing table lives. The controller replaces it with
+`swap_table`, a single attribute assignment; every request reads it once when its head is
+complete. That is what makes a switch instant and lock-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from proxy.downstream import ClientConnection
+from proxy.exchange import Exchange
+from proxy.metrics import TrafficStats
+from proxy.routing import LIVE, RoutingTable, Upstream
+from proxy.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Limits of the client side that do not change with the config."""
+
+    keepalive_timeout: float = 60.0  # idle keep-alive connections are closed after this
+    head_timeout: float = 30.0  # the whole request head must arrive within this
+    sweep_interval: float = 1.0
+
+
+class ProxyServer:
+    """Accepts client connections and forwards their requests by the current routing table."""
+
+    def __init__(
+        self,
+        stats: TrafficStats,
+        table: RoutingTable | None = None,
+        settings: ServerSettings | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.stats = stats
+        self.table = table
+        self.settings = settings or ServerSettings()
+        self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.connections: set[ClientConnection] = set()
+        self.tunnels: dict[ClientConnection, Exchange] = {}
+        self.draining = False
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._drain_timers: set[asyncio.TimerHandle] = set()
+        self._all_closed = asyncio.Event()
+
+    # --- the routing table ------------------------------------------------------------------
+
+    def swap_table(self, table: RoutingTable) -> RoutingTable | None:
+        """Make `table` current for every request whose head completes from now on.
+
+        Requests in flight keep the table they started with. Tunnels and long responses of live
+        traffic on a colour that is no longer active get `drain.timeout` to finish, then are
+        closed so their clients reconnect to the new colour. Returns the previous table.
+        """
+        previous, self.table = self.table, table
+        for pool in self.pools.values():
+            pool.settings = table.pool
+        if previous is not None and previous.active != table.active:
+            self._schedule_drain(table)
+        self._close_unused_pools(table)
+        return previous
+
+    def pool_for(self, upstream: Upstream, table: RoutingTable) -> UpstreamPool:
+        """Return the keep-alive pool for an upstream address, creating it on first use."""
+        key = (upstream.host, upstream.port)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = UpstreamPool(
+                upstream.host, upstream.port, self.loop, table.pool
+            )
+        return pool
+
+    # --- listeners and connections ----------------------------------------------------------
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        """Start accepting on host:port; returns the asyncio server (its sockets give the port)."""
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.settings.sweep_interval, self._sweep)
+        return server
+
+    def connection_opened(self, conn: ClientConnection) -> None:
+        """Track a client connection for timeouts and the drain."""
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        """Forget a client connection."""
+        self.connections.discard(conn)
+        self.tunnels.pop(conn, None)
+        if self.draining and not self.connections:
+            self._all_closed.set()
+
+    def tunnel_opened(self, conn: ClientConnection, exchange: Exchange) -> None:
+        """Remember an upgraded connection so a switch can drain it."""
+        self.tunnels[conn] = exchange
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports the listeners are bound to (useful with port 0)."""
+        return [int(sock.getsockname()[1]) for server in self._servers for sock in server.sockets]
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop gracefully: close listeners, finish in-flight requests, then close the rest.
+
+        Idle keep-alive connections are closed at once; busy ones answer their current request
+        with `Connection: close`. Whatever is still open after `grace` seconds is aborted.
+        """
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.idle():
+                conn.close()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+        for conn in list(self.connections):
+            conn.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self.close_pools()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for timer in self._drain_timers:
+            timer.cancel()
+
+    def close_pools(self) -> None:
+        """Close every idle upstream connection."""
+        for pool in self.pools.values():
+            pool.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _schedule_drain(self, table: RoutingTable) -> None:
+        """Close live long-lived connections on old colours once `drain.timeout` has passed."""
+        stale: list[tuple[ClientConnection, Exchange]] = [
+            (conn, exchange)
+            for conn, exchange in self.tunnels.items()
+            if exchange.route.kind == LIVE and exchange.route.colour != table.active
+        ]
+        for conn in self.connections:
+            if conn.queue:
+                exchange = conn.queue[0]
+                if exchange.route.kind == LIVE and exchange.route.colour != table.active:
+                    stale.append((conn, exchange))
+        if not stale:
+            return
+        log.info(
+            "draining connections on the old colour count=%d timeout=%gs",
+            len(stale),
+            table.timeouts.drain,
+        )
+        timer: asyncio.TimerHandle | None = None
+
+        def close_stale() -> None:
+            if timer is not None:
+                self._drain_timers.discard(timer)
+            for conn, exchange in stale:
+                still_there = self.tunnels.get(conn) is exchange or (
+                    conn.queue and conn.queue[0] is exchange
+                )
+                if still_there and not conn.closed:
+                    log.info(
+                        "closing after drain timeout colour=%s peer=%s",
+                        exchange.route.colour,
+                        conn.peer_ip,
+                    )
+                    conn.abort()
+
+        timer = self.loop.call_later(table.timeouts.drain, close_stale)
+        self._drain_timers.add(timer)
+
+    def _close_unused_pools(self, table: RoutingTable) -> None:
+        wanted = {(u.host, u.port) for u in table.upstreams.values()}
+        for key in [k for k in self.pools if k not in wanted]:
+            self.pools.pop(key).close()
+
+    def _sweep(self) -> None:
+        """Close idle keep-alive connections and clients too slow to send a request head."""
+        now = self.loop.time()
+        settings = self.settings
+        for conn in list(self.connections):
+            if conn.head_started is not None and now - conn.head_started > settings.head_timeout:
+                conn.request_timeout()
+            elif conn.idle() and now - conn.last_activity > settings.keepalive_timeout:
+                conn.close()
+        self._sweeper = self.loop.call_later(settings.sweep_interval, self._sweep)

@@ -1,0 +1,409 @@
+"""The upstream side: one protocol per connection to a colour, and a keep-alive pool per address.
+
+An `UpstreamConnection` parses responses with llhttp (httptools) and hands what it reads to the
+`Exchange` it serves. Bodies of known length are passed straight through once the head is
+parsed: the parser would otherwise copy every chunk into a new bytes object, which halves the
+throughput of large bodies. After such a pass-through the parser is replaced, since it stopped
+mid-message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from proxy.routing import PoolSettings
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to a colour's Service, serving one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser = HttpResponseParser(self)
+        self.parser_stale = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.remaining: int | None = None  # body bytes still expected, when the length is known
+        self.pass_through = 0  # body bytes to forward without parsing
+        self.head_done = False
+        self.message_done = False
+        self.informational = False
+        self.tunnel = False
+        self.reusable = True
+        self.requests_served = 0
+        self.idle_since = 0.0
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self.closed = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; the pool hands the connection to an exchange next."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the exchange in progress, or leave the pool quietly if idle."""
+        self.closed = True
+        self._cancel_timer()
+        exchange = self.exchange
+        if exchange is None:
+            self.pool.forget(self)
+            return
+        self.exchange = None
+        if self.tunnel:
+            exchange.tunnel_closed_by_upstream()
+        elif not self.message_done:
+            exchange.upstream_failed(
+                "reset" if self.head_done or exc is not None else "closed",
+                "connection closed before the response was complete"
+                if self.head_done
+                else "connection closed without a response",
+                response_seen=self.head_done,
+            )
+
+    def eof_received(self) -> bool | None:
+        """Treat EOF as the end of a close-delimited body, or as a failure otherwise."""
+        exchange = self.exchange
+        close_delimited = self.remaining is None and not self.tunnel and not self.chunked_framing()
+        if exchange is not None and self.head_done and not self.message_done and close_delimited:
+            # A body without Content-Length or chunked ends with the connection (RFC 9112 6.3).
+            self.reusable = False
+            self.message_done = True
+            self._finish()
+        return False
+
+    def pause_writing(self) -> None:
+        """The upstream reads the request body slower than the client sends it."""
+        if self.exchange is not None:
+            self.exchange.client.block_reading(1)
+
+    def resume_writing(self) -> None:
+        """The upstream caught up: read more of the client's body."""
+        if self.exchange is not None:
+            self.exchange.client.unblock_reading(1)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse a response head, then pass body bytes to the exchange."""
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes on an idle connection: the upstream is confused; never reuse it.
+            self.close()
+            return
+        self.last_activity = self.loop.time()
+        if self.tunnel:
+            exchange.tunnel_from_upstream(data)
+            return
+        if self.pass_through:
+            data = self._pass_body_through(data, exchange)
+            if not data:
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            if self.exchange is not None and self.tunnel:
+                if offset < len(data):
+                    exchange.tunnel_from_upstream(data[offset:])
+                return
+        except HttpParserError as error:
+            self.reusable = False
+            exchange.upstream_failed(
+                "protocol", f"invalid response: {_reason(error)}", response_seen=self.head_done
+            )
+            self.close()
+            return
+        if self.message_done:
+            self._finish()
+        elif self.head_done and self.remaining:
+            # The rest of this body is forwarded without the parser (see the module docstring).
+            self.pass_through = self.remaining
+            self.parser_stale = True
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """Start a new response head."""
+        self.headers = []
+        self.reason = b""
+        self.head_done = False
+        self.remaining = None
+
+    def on_status(self, status: bytes) -> None:
+        """Collect the reason phrase (llhttp may hand it over in pieces)."""
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect one header field."""
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """Hand the head to the exchange, deciding how the body is delimited."""
+        exchange = self.exchange
+        assert exchange is not None
+        status = self.parser.get_status_code()
+        self.head_done = True
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue and 103 Early Hints: forwarded, then the real response follows.
+            self.informational = True
+            exchange.informational_response(status, self.reason, self.headers)
+            return
+        self.informational = False
+        for name, value in self.headers:
+            if name.lower() == b"content-length":
+                # llhttp already refused a second or malformed Content-Length.
+                self.remaining = int(value)
+        no_body = exchange.is_head or status in (204, 304)
+        if no_body:
+            self.remaining = None
+        if status == 101 and exchange.is_upgrade:
+            self.tunnel = True
+            self.reusable = False
+        exchange.response_head(
+            status,
+            self.reason,
+            self.headers,
+            content_length=self.remaining,
+            chunked=self.chunked_framing(),
+            no_body=no_body,
+            upgrade=self.tunnel,
+        )
+        if exchange.is_head and not self.message_done:
+            # llhttp does not know the request was HEAD and would wait for a body: finish here
+            # and give the next response a fresh parser.
+            self.message_done = True
+            self.parser_stale = True
+
+    def on_body(self, body: bytes) -> None:
+        """Forward a piece of body the parser produced (chunked, or the head's first read)."""
+        if self.message_done:
+            # A body after a HEAD response: the upstream broke the framing. Drop it, and never
+            # reuse the connection, since what follows cannot be trusted.
+            self.reusable = False
+            return
+        if self.remaining is not None:
+            self.remaining -= len(body)
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        """Mark the response as complete; acted upon once the parser returns."""
+        if self.informational:
+            self.informational = False
+            self.head_done = False
+            return
+        self.message_done = True
+
+    # --- used by the exchange and the pool --------------------------------------------------
+
+    def chunked_framing(self) -> bool:
+        """Say whether the response in progress is chunked on the wire."""
+        return any(
+            n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers
+        )
+
+    def attach(self, exchange: Exchange, read_timeout: float) -> None:
+        """Serve `exchange`: reset per-response state and arm the read timeout."""
+        self.exchange = exchange
+        self.requests_served += 1
+        if self.parser_stale:
+            self.parser = HttpResponseParser(self)
+            self.parser_stale = False
+        self.head_done = self.message_done = self.informational = False
+        self.remaining = None
+        self.pass_through = 0
+        self.last_activity = self.loop.time()
+        self._arm_timer(read_timeout, read_timeout)
+
+    def pause_reading(self) -> None:
+        """Stop reading the upstream while the client's buffer drains."""
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the upstream again."""
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        """Send request bytes upstream (they count as activity for the read timeout)."""
+        assert self.transport is not None
+        self.last_activity = self.loop.time()
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        """Send several pieces of request bytes upstream at once."""
+        assert self.transport is not None
+        self.last_activity = self.loop.time()
+        self.transport.writelines(parts)
+
+    def detach(self) -> None:
+        """Stop serving the current exchange without returning to the pool."""
+        self.exchange = None
+        self._cancel_timer()
+
+    def close(self) -> None:
+        """Close the connection at once; it is never reused."""
+        self.exchange = None
+        self.reusable = False
+        self._cancel_timer()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        self.pool.forget(self)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _pass_body_through(self, data: bytes, exchange: Exchange) -> bytes:
+        """Forward up to `pass_through` bytes unparsed; return what is left over."""
+        size = len(data)
+        if size <= self.pass_through:
+            self.pass_through -= size
+            exchange.response_body(data)
+            rest = b""
+        else:
+            exchange.response_body(data[: self.pass_through])
+            rest = data[self.pass_through :]
+            self.pass_through = 0
+        if self.pass_through == 0:
+            self.remaining = 0
+            self.message_done = True
+            if rest:
+                # More bytes than Content-Length said: the connection's framing is broken.
+                self.reusable = False
+            self._finish()
+        return b""
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self._cancel_timer()
+        if exchange is not None:
+            exchange.response_complete(self)
+
+    def _arm_timer(self, delay: float, timeout: float) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(delay, self._check_timeout, timeout)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check_timeout(self, timeout: float) -> None:
+        # One timer per exchange, pushed back lazily: cheaper than rescheduling on every read.
+        self.timer = None
+        exchange = self.exchange
+        if exchange is None or self.tunnel:
+            return
+        idle_for = self.loop.time() - self.last_activity
+        if exchange.waiting_for_client():
+            # The client is slow to send its body or to read ours: not the upstream's fault.
+            self._arm_timer(timeout, timeout)
+        elif idle_for >= timeout:
+            exchange.upstream_failed(
+                "timeout",
+                f"no response within {timeout:g}s" if not self.head_done else "response stalled",
+                response_seen=self.head_done,
+                timed_out=True,
+            )
+            self.close()
+        else:
+            self._arm_timer(timeout - idle_for, timeout)
+
+
+def _reason(error: Exception) -> str:
+    return str(error).strip() or type(error).__name__
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream address, most recently used first."""
+
+    def __init__(
+        self, host: str, port: int, loop: asyncio.AbstractEventLoop, settings: PoolSettings
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.loop = loop
+        self.settings = settings
+        self.idle: list[UpstreamConnection] = []
+        self.opened = 0
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """Return a live idle connection, or None when a new one must be opened."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """Open a new connection, raising TimeoutError or OSError when the colour is unreachable."""
+        async with asyncio.timeout(timeout):
+            _, protocol = await self.loop.create_connection(
+                lambda: UpstreamConnection(self), self.host, self.port
+            )
+        self.opened += 1
+        return protocol
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection after a complete exchange, or close it if it cannot be reused."""
+        conn.detach()
+        if not conn.reusable or conn.closed or len(self.idle) >= self.settings.max_idle:
+            conn.close()
+            return
+        conn.resume_reading()  # so that an upstream closing an idle connection is noticed
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.settings.idle_timeout / 2, self._sweep)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Drop a closed connection from the idle list."""
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        """Close every idle connection (on shutdown or when the address left the config)."""
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def _sweep(self) -> None:
+        self.sweeper = None
+        deadline = self.loop.time() - self.settings.idle_timeout
+        # The list is ordered oldest first, since release appends and take_idle pops the end.
+        expired = 0
+        for conn in self.idle:
+            if conn.idle_since > deadline:
+                break
+            expired += 1
+        stale = self.idle[:expired]
+        del self.idle[:expired]
+        for conn in stale:
+            conn.close()
+        if self.idle:
+            self.sweeper = self.loop.call_later(self.settings.idle_timeout / 2, self._sweep)

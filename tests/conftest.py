@@ -1,0 +1,218 @@
+"""Shared fixtures: real colour upstreams on loopback and a real proxy in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from proxy.metrics import TrafficStats
+from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
+from proxy.server import ProxyServer
+
+
+@dataclass
+class ColourApp:
+    """A real HTTP server standing in for one colour's Service."""
+
+    colour: str
+    port: int = 0
+    peers: set[tuple[str, int]] = field(default_factory=set)
+    requests: list[web.Request] = field(default_factory=list)
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def upstream(self) -> Upstream:
+        return Upstream(self.colour, self.url, "127.0.0.1", self.port)
+
+
+def colour_application(state: ColourApp) -> web.Application:
+    """Endpoints the tests need: echo, headers, big bodies, chunked, slow, WebSocket."""
+
+    async def remember(request: web.Request) -> None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            state.peers.add((str(peer[0]), int(peer[1])))
+        state.seen_headers.append(dict(request.headers))
+
+    async def hello(request: web.Request) -> web.Response:
+        await remember(request)
+        return web.Response(text=f"hello from {state.colour}\n")
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        """Stream the request body back, counting it, without holding it whole."""
+        await remember(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for piece in request.content.iter_chunked(256 * 1024):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    async def count(request: web.Request) -> web.Response:
+        """Read the body in pieces and answer its size: a large upload, never held whole."""
+        await remember(request)
+        size = 0
+        async for piece in request.content.iter_chunked(256 * 1024):
+            size += len(piece)
+        return web.Response(text=str(size))
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        """Send `size` bytes, with Content-Length unless ?chunked=1."""
+        await remember(request)
+        size = int(request.query.get("size", "1000"))
+        response = web.StreamResponse()
+        if request.query.get("chunked"):
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = size
+        await response.prepare(request)
+        block = b"x" * (256 * 1024)
+        left = size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            await response.write(piece)
+            left -= len(piece)
+        await response.write_eof()
+        return response
+
+    async def headers(request: web.Request) -> web.Response:
+        await remember(request)
+        return web.json_response(
+            {"colour": state.colour, "headers": [[k, v] for k, v in request.headers.items()]},
+            headers={
+                "Connection": "keep-alive, X-Secret-Hop",
+                "X-Secret-Hop": "must not pass",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic",
+                "X-Kept": "yes",
+            },
+        )
+
+    async def slow(request: web.Request) -> web.Response:
+        await remember(request)
+        await asyncio.sleep(float(request.query.get("delay", "5")))
+        return web.Response(text=f"slow {state.colour}\n")
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        await remember(request)
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                await socket.send_str(f"{state.colour}: {message.data}")
+        return socket
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_get("/", hello)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/count", count)
+    app.router.add_get("/download", download)
+    app.router.add_get("/headers", headers)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/{tail:.*}", hello)
+    return app
+
+
+async def start_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve `app` on 127.0.0.1 and return its runner and bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return runner, int(server.sockets[0].getsockname()[1])
+
+
+@pytest.fixture
+async def colours() -> AsyncIterator[dict[str, ColourApp]]:
+    """Blue and green upstream servers."""
+    apps: dict[str, ColourApp] = {}
+    runners = []
+    for colour in ("blue", "green"):
+        state = ColourApp(colour)
+        runner, state.port = await start_app(colour_application(state))
+        runners.append(runner)
+        apps[colour] = state
+    yield apps
+    for runner in runners:
+        await runner.cleanup()
+
+
+TableFactory = Callable[..., RoutingTable]
+
+
+@pytest.fixture
+def make_table(colours: dict[str, ColourApp]) -> TableFactory:
+    """Build routing tables over the running colour apps."""
+
+    def build(
+        active: str = "blue",
+        *,
+        version: str = "v1",
+        preview: PreviewPolicy | None = None,
+        timeouts: ProxyTimeouts | None = None,
+        upstreams: dict[str, Upstream] | None = None,
+    ) -> RoutingTable:
+        ups = upstreams or {c: app.upstream() for c, app in colours.items()}
+        idle = next(c for c in ups if c != active)
+        return RoutingTable(
+            version=version,
+            active=active,
+            idle=idle,
+            upstreams=ups,
+            preview=preview or PreviewPolicy(),
+            timeouts=timeouts or ProxyTimeouts(),
+        )
+
+    return build
+
+
+@dataclass
+class RunningProxy:
+    server: ProxyServer
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def proxy(make_table: TableFactory) -> AsyncIterator[RunningProxy]:
+    """A proxy routing live traffic to blue and preview to green."""
+    server = ProxyServer(TrafficStats(), make_table())
+    listener = await server.listen("127.0.0.1", 0)
+    yield RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
+    await server.shutdown(1.0)
+
+
+async def raw_exchange(port: int, payload: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return everything read until the peer closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        writer.close()
+    return b"".join(chunks)
