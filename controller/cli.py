@@ -1,0 +1,229 @@
+"""The `bluegreen` command: run the proxy, run the demo, and operate on a config file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from controller.config import ConfigError
+from controller.demo import DemoPorts, run_demo
+from controller.file_source import load_config_file, write_active
+from controller.process import Endpoint, ProxyProcess, ShutdownSettings
+from controller.tuning import run_event_loop, tune_malloc
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _version() -> str:
+    try:
+        return version("bluegreen")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _endpoint(text: str) -> Endpoint:
+    try:
+        return Endpoint.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="bluegreen", description="Blue-green traffic switch: a proxy that routes by colour."
+    )
+    parser.add_argument("--version", action="version", version=f"bluegreen {_version()}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve the proxy from a config file")
+    run.add_argument("--config", type=Path, required=True, help="local YAML config file")
+    run.add_argument("--listen", type=_endpoint, default=Endpoint("0.0.0.0", 8080))
+    run.add_argument("--admin-listen", type=_endpoint, default=Endpoint("0.0.0.0", 9090))
+    run.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds between failing /readyz and closing the listener on SIGTERM",
+    )
+    run.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=25.0,
+        help="seconds in-flight requests get to finish on SIGTERM",
+    )
+
+    demo = sub.add_parser("demo", help="run two colour apps and the proxy locally")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port")
+    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.add_argument("--blue-port", type=int, default=8081)
+    demo.add_argument("--green-port", type=int, default=8082)
+    demo.add_argument("--workdir", type=Path, help="where to write the demo config")
+
+    validate = sub.add_parser("validate", help="check a config file without applying it")
+    validate.add_argument("file", type=Path)
+
+    switch = sub.add_parser("switch", help="make COLOUR the active colour")
+    switch.add_argument("colour")
+    switch.add_argument("--config", type=Path, required=True, help="local YAML config file")
+
+    status = sub.add_parser("status", help="show the active colour and upstreams")
+    status.add_argument("--config", type=Path, required=True, help="local YAML config file")
+    status.add_argument(
+        "--admin",
+        help="admin URL of a running proxy (e.g. http://127.0.0.1:9090) for live state",
+    )
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve the proxy until SIGTERM."""
+    tune_malloc()
+    process = ProxyProcess(
+        args.config,
+        args.listen,
+        args.admin_listen,
+        ShutdownSettings(delay=args.shutdown_delay, grace=args.shutdown_grace),
+    )
+    try:
+        run_event_loop(process.run())
+    except ConfigError as error:
+        print(f"bluegreen: cannot start, {args.config} is invalid:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"bluegreen: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the local demo until Ctrl-C."""
+    tune_malloc()
+    ports = DemoPorts(args.host, args.port, args.admin_port, args.blue_port, args.green_port)
+    try:
+        run_event_loop(run_demo(ports, args.workdir))
+    except OSError as error:
+        print(
+            f"bluegreen demo: cannot start: {error}\n"
+            "A port is probably in use: pick others with --port, --admin-port, --blue-port, "
+            "--green-port.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a config file whole and say what is wrong."""
+    try:
+        config = load_config_file(args.file)
+    except ConfigError as error:
+        print(f"{args.file}: invalid\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    colours = ", ".join(config.upstreams)
+    print(f"{args.file}: valid (active={config.active}, colours: {colours})")
+    return EXIT_OK
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    """Rewrite `active` in the config file; a running proxy picks it up within 100 ms."""
+    try:
+        previous, current = write_active(args.config, args.colour)
+    except ConfigError as error:
+        print(f"bluegreen: switch refused, nothing written:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"bluegreen: cannot write {args.config}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if previous == current:
+        print(f"{current} is already active; nothing changed")
+    else:
+        print(f"switched {previous} -> {current} in {args.config}")
+    return EXIT_OK
+
+
+def _fetch_status(admin: str) -> dict[str, Any]:
+    url = admin.rstrip("/") + "/status?format=json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        document: dict[str, Any] = json.load(response)
+    return document
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the config file's state and, with --admin, the running proxy's."""
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as error:
+        print(f"{args.config}: invalid\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+    document: dict[str, Any] = {
+        "config": str(args.config),
+        "active": config.active,
+        "upstreams": dict(config.upstreams),
+    }
+    if args.admin:
+        try:
+            document["running"] = _fetch_status(args.admin)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            print(f"bluegreen: cannot read {args.admin}: {error}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.output == "json":
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"config file   {args.config}")
+    print(f"active        {config.active}")
+    for colour, url in config.upstreams.items():
+        print(f"  {colour:<12}{url}")
+    running = document.get("running")
+    if running is not None:
+        print(f"running proxy active={running['active']} version={running['config_version']}")
+        if running.get("last_error"):
+            print(f"last rejected config: {running['last_error']}")
+        for record in running.get("switches", [])[:5]:
+            print(f"  {record['at']}  {record['from']} -> {record['to']}  ({record['reason']})")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "validate": cmd_validate,
+    "switch": cmd_switch,
+    "status": cmd_status,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `bluegreen` console script."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

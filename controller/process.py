@@ -1,0 +1,179 @@
+"""Wires one bluegreen process: config source -> routing table -> proxy, plus the admin server.
+
+Both planes share one event loop. The source calls `apply` or `reject` for every version it
+sees; `apply` builds the immutable routing table and swaps it into the proxy in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from controller.config import Config, ConfigError
+from controller.file_source import FileSource
+from controller.state import ControlState
+from proxy.admin import build_admin_app
+from proxy.metrics import ControlMetrics, TrafficStats, build_registry
+from proxy.server import ProxyServer, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse `HOST:PORT` (or `[v6]:PORT`, or `:PORT` for every address)."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{text!r} is not HOST:PORT (for example 0.0.0.0:8080)")
+        host = host.strip("[]") or "0.0.0.0"
+        return cls(host, int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownSettings:
+    """How SIGTERM is handled: readiness fails at once, the listener closes after `delay`."""
+
+    delay: float = 0.0  # time for endpoints to stop sending new connections to this replica
+    grace: float = 25.0  # how long in-flight requests may take to finish
+
+
+class ProxyProcess:
+    """One running proxy fed by a local config file."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        listen: Endpoint,
+        admin_listen: Endpoint,
+        shutdown: ShutdownSettings | None = None,
+        server_settings: ServerSettings | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.listen = listen
+        self.admin_listen = admin_listen
+        self.shutdown_settings = shutdown or ShutdownSettings()
+        self.server_settings = server_settings
+        self.stats = TrafficStats()
+        self.registry, self.metrics = build_registry(self.stats)
+        self.state = ControlState(source=f"file:{config_path}")
+        self.server: ProxyServer | None = None
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    def apply(self, config: Config, version: str) -> None:
+        """Swap in the routing table of an accepted config and record what changed."""
+        table = config.to_routing_table(version)
+        assert self.server is not None
+        self.server.swap_table(table)
+        record = self.state.accepted(table)
+        _count_accepted(self.metrics, table.colours, table.active)
+        if record is not None:
+            self.metrics.switches.labels(record.from_colour, record.to_colour).inc()
+            log.info(
+                "switched from=%s to=%s reason=%s version=%s",
+                record.from_colour,
+                record.to_colour,
+                record.reason,
+                version,
+            )
+        else:
+            log.info("config applied version=%s active=%s", version, table.active)
+
+    def reject(self, error: ConfigError) -> None:
+        """Keep the last good table and report why this version was refused."""
+        self.state.rejected(str(error))
+        self.metrics.config_reloads.labels("rejected").inc()
+        current = self.state.table.version if self.state.table is not None else None
+        log.error("config rejected, keeping version=%s error=%r", current, str(error))
+
+    async def run(self) -> None:
+        """Load the config, serve until SIGTERM or SIGINT, then shut down gracefully.
+
+        Raises ConfigError when the file is invalid at start: the process never runs on a
+        half-valid config.
+        """
+        source = FileSource(self.config_path, self.apply, self.reject)
+        config, version = await source.load_initial()
+        self.server = ProxyServer(self.stats, settings=self.server_settings)
+        self.apply(config, version)
+        admin_runner = web.AppRunner(
+            build_admin_app(
+                self.registry,
+                lambda: self.state.snapshot(self.stats),
+                self.state.readiness,
+            ),
+            access_log=None,
+        )
+        await admin_runner.setup()
+        admin_site = web.TCPSite(admin_runner, self.admin_listen.host, self.admin_listen.port)
+        await admin_site.start()
+        self.admin_port = _bound_port(admin_site)
+        listener = await self.server.listen(self.listen.host, self.listen.port)
+        self.proxy_port = int(listener.sockets[0].getsockname()[1])
+        watch = asyncio.create_task(source.run(), name="config-file-watch")
+        self._install_signal_handlers()
+        log.info(
+            "serving proxy=%s:%d admin=%s:%d config=%s",
+            self.listen.host,
+            self.proxy_port,
+            self.admin_listen.host,
+            self.admin_port,
+            self.config_path,
+        )
+        self.ready.set()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self._shutdown(watch, admin_runner)
+
+    def stop(self) -> None:
+        """Ask the process to shut down (what SIGTERM does)."""
+        self.stopping.set()
+
+    async def _shutdown(self, watch: asyncio.Task[None], admin_runner: web.AppRunner) -> None:
+        settings = self.shutdown_settings
+        self.state.shutting_down = True  # /readyz fails from now on
+        log.info("shutting down delay=%gs grace=%gs", settings.delay, settings.grace)
+        if settings.delay > 0:
+            await asyncio.sleep(settings.delay)
+        watch.cancel()
+        if self.server is not None:
+            await self.server.shutdown(settings.grace)
+        await admin_runner.cleanup()
+        log.info("stopped")
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                # Not the main thread (tests run the process in-loop): stop() still works.
+                return
+
+
+def _count_accepted(metrics: ControlMetrics, colours: tuple[str, ...], active: str) -> None:
+    metrics.config_reloads.labels("accepted").inc()
+    metrics.config_last_success.set_to_current_time()
+    metrics.show_active(colours, active)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; no public accessor exists
+    if isinstance(server, asyncio.Server) and server.sockets:
+        return int(server.sockets[0].getsockname()[1])
+    return 0

@@ -1,0 +1,114 @@
+"""What the control plane knows and reports: config version, rejected configs, switch history.
+
+Pure bookkeeping with no I/O, shared by the admin `/status` endpoint, the CLI and the logs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.metrics import TrafficStats
+from proxy.routing import RoutingTable
+
+SWITCH_HISTORY = 20
+
+
+def utc_now() -> datetime:
+    """Return the current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Format a time for JSON (RFC 3339, seconds precision) or pass None through."""
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRecord:
+    """One change of the active colour, with why it happened."""
+
+    from_colour: str
+    to_colour: str
+    reason: str
+    at: datetime
+
+    def as_json(self) -> dict[str, str | None]:
+        """Return the record as the `/status` JSON shows it."""
+        return {
+            "from": self.from_colour,
+            "to": self.to_colour,
+            "reason": self.reason,
+            "at": iso(self.at),
+        }
+
+
+class ControlState:
+    """The control plane's memory, newest events first."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.table: RoutingTable | None = None
+        self.config_changed_at: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.switches: deque[SwitchRecord] = deque(maxlen=SWITCH_HISTORY)
+        self.shutting_down = False
+
+    def accepted(self, table: RoutingTable, reason: str = "manual") -> SwitchRecord | None:
+        """Record an accepted config; return the switch it caused, if the active colour moved.
+
+        Accepting a good config clears `last_error`: the rejected version is no longer current.
+        """
+        previous = self.table
+        self.table = table
+        self.config_changed_at = utc_now()
+        self.last_error = None
+        self.last_error_at = None
+        if previous is None or previous.active == table.active:
+            return None
+        record = SwitchRecord(previous.active, table.active, reason, self.config_changed_at)
+        self.switches.appendleft(record)
+        return record
+
+    def rejected(self, message: str) -> None:
+        """Record the message of a rejected config; the current table stays."""
+        self.last_error = message
+        self.last_error_at = utc_now()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once a valid config is loaded and until shutdown starts."""
+        if self.shutting_down:
+            return False, "shutting down"
+        if self.table is None:
+            return False, "no valid config loaded yet"
+        return True, f"ready: active={self.table.active} version={self.table.version}"
+
+    def snapshot(self, stats: TrafficStats | None = None) -> dict[str, Any]:
+        """Return the `/status` JSON document."""
+        table = self.table
+        colours: dict[str, dict[str, Any]] = {}
+        if table is not None:
+            for colour, upstream in table.upstreams.items():
+                colours[colour] = {
+                    "upstream": upstream.url,
+                    # Active health checks arrive with the health issue; until then no check
+                    # runs, and "unknown" says exactly that.
+                    "health": "unknown",
+                    "requests": stats.request_count(colour) if stats is not None else 0,
+                }
+        return {
+            "source": self.source,
+            "active": table.active if table is not None else None,
+            "idle": table.idle if table is not None else None,
+            "colours": colours,
+            "preview_header": table.preview.header if table is not None else None,
+            "config_version": table.version if table is not None else None,
+            "config_changed_at": iso(self.config_changed_at),
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
+            "switches": [record.as_json() for record in self.switches],
+            "ready": self.readiness()[0],
+        }
