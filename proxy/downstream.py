@@ -116,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
             self._upgrade_requested(data[upgrade.args[0] :])
+            self._start_first()
             return
         except HttpParserError as error:
             # An exception raised in a parser callback arrives as the context of a parser error.
@@ -129,6 +130,9 @@ class ClientConnection(asyncio.Protocol):
             # The rest of this body is forwarded without the parser (see proxy/upstream.py).
             self.pass_through = self.body_remaining
             self.parser_stale = True
+        # Only now, with the whole read parsed cleanly, does anything go upstream: a request
+        # that turns out malformed later in the same read never reaches a colour.
+        self._start_first()
 
     # --- httptools callbacks ----------------------------------------------------------------
 
@@ -197,9 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = exchange
         self.body_remaining = content_length
         self.queue.append(exchange)
-        if len(self.queue) == 1:
-            exchange.start()
-        elif len(self.queue) >= MAX_PIPELINED:
+        if len(self.queue) >= MAX_PIPELINED:
             self.block_reading(BLOCK_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
@@ -328,13 +330,23 @@ class ClientConnection(asyncio.Protocol):
         if early_bytes:
             exchange.tunnel_from_client(early_bytes)
 
+    def _start_first(self) -> None:
+        if self.queue and not self.queue[0].started:
+            self.queue[0].start()
+
     def _reject(self, status: int, message: str) -> None:
         """Answer a request the proxy will not forward, then close the connection."""
         self.server.stats.rejected_request(status)
         log.info("rejected request peer=%s status=%d reason=%r", self.peer_ip, status, message)
-        if not self.queue:
-            self.write(simple_response(status, message))
-            self.close()
-        else:
-            # Answering now would jump ahead of responses still owed; closing is the safe answer.
+        if self.queue and self.queue[0].response_started:
+            # Answering now would cut into a response in progress; closing is the safe answer.
             self.abort()
+            return
+        # Requests queued on this connection (a body that turned out malformed, or pipelined
+        # behind it) are abandoned: their upstream connections are closed mid-request, so no
+        # colour ever sees them complete.
+        while self.queue:
+            self.queue.popleft().cancel(status)
+        self.parsing = None
+        self.write(simple_response(status, message))
+        self.close()

@@ -8,6 +8,7 @@ the colour it started on whatever the routing table says later.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from proxy.headers import LAST_CHUNK, build_response_head, simple_response
@@ -55,6 +56,7 @@ class Exchange:
         "response_started",
         "retried",
         "route",
+        "started",
         "started_at",
         "status",
         "table",
@@ -99,6 +101,7 @@ class Exchange:
         self.response_chunked = False
         self.finished = False
         self.retried = False
+        self.started = False
         self.status = 0
         self.started_at = client.loop.time()
         client.server.stats.request_started(route.colour)
@@ -107,6 +110,7 @@ class Exchange:
 
     def start(self) -> None:
         """Send the request upstream: on an idle pooled connection, or on a new one."""
+        self.started = True
         pool = self.pool = self.client.server.pool_for(self.upstream, self.table)
         conn = pool.take_idle()
         if conn is not None:
@@ -153,6 +157,14 @@ class Exchange:
             and self.client.transport.get_write_buffer_size() > 0
             and self.client.writing_paused
         )
+
+    def cancel(self, status: int) -> None:
+        """Abandon the request (the client sent something invalid); count it as `status`."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self._record(status)
 
     def client_lost(self) -> None:
         """The client went away: the upstream connection is mid-message and cannot be reused."""
@@ -320,7 +332,8 @@ class Exchange:
             self._connect_failed("timeout", f"connect timed out after {timeout:g}s", True)
             return
         except OSError as error:
-            reason = error.strerror or str(error) or type(error).__name__
+            # asyncio's message repeats the address; the errno's text says what happened.
+            reason = os.strerror(error.errno) if error.errno else str(error) or "connect failed"
             self._connect_failed("connect", f"unreachable: {reason.lower()}", False)
             return
         if self.finished or self.client.closed:

@@ -1,0 +1,163 @@
+"""Pure tests of the routing choice and header rewriting: tables of inputs and outputs."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from proxy.headers import (
+    RequestHeadError,
+    build_response_head,
+    build_upstream_request_head,
+    connection_tokens,
+)
+from proxy.routing import LIVE, PREVIEW, PreviewPolicy, Route, RoutingTable, Upstream
+
+UPSTREAMS = {
+    "blue": Upstream("blue", "http://blue:80", "blue", 80),
+    "green": Upstream("green", "http://green:80", "green", 80),
+}
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+
+
+@pytest.mark.parametrize(
+    ("policy", "value", "peer", "expected"),
+    [
+        (PreviewPolicy(), None, "1.2.3.4", Route("blue", LIVE)),
+        (PreviewPolicy(), b"", "1.2.3.4", Route("green", PREVIEW)),
+        (PreviewPolicy(), b"anything", None, Route("green", PREVIEW)),
+        (PreviewPolicy(token=b"t0k"), b"t0k", "1.2.3.4", Route("green", PREVIEW)),
+        (PreviewPolicy(token=b"t0k"), b" t0k ", "1.2.3.4", Route("green", PREVIEW)),
+        (PreviewPolicy(token=b"t0k"), b"t0", "1.2.3.4", Route("blue", LIVE)),
+        (PreviewPolicy(token=b"t0k"), b"t0kk", "1.2.3.4", Route("blue", LIVE)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", "10.1.2.3", Route("green", PREVIEW)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", "11.1.2.3", Route("blue", LIVE)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", "::ffff:10.0.0.1", Route("green", PREVIEW)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", "fd00::1", Route("green", PREVIEW)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", None, Route("blue", LIVE)),
+        (PreviewPolicy(trusted_networks=TRUSTED), b"1", "not-an-ip", Route("blue", LIVE)),
+        (
+            PreviewPolicy(token=b"t", trusted_networks=TRUSTED),
+            b"t",
+            "192.168.0.1",
+            Route("blue", LIVE),
+        ),
+    ],
+)
+def test_routing_choice(
+    policy: PreviewPolicy, value: bytes | None, peer: str | None, expected: Route
+) -> None:
+    table = RoutingTable("v", "blue", "green", UPSTREAMS, preview=policy)
+    assert table.choose(value, peer) == expected
+
+
+def test_without_an_idle_colour_preview_is_live() -> None:
+    table = RoutingTable("v", "blue", None, UPSTREAMS)
+    assert table.choose(b"1", "10.0.0.1") == Route("blue", LIVE)
+
+
+@pytest.mark.parametrize(
+    ("active", "idle", "message"),
+    [("red", None, "active colour 'red'"), ("blue", "blue", "idle colour 'blue'")],
+)
+def test_table_refuses_inconsistent_colours(active: str, idle: str | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoutingTable("v", active, idle, UPSTREAMS)
+
+
+def test_table_is_immutable() -> None:
+    table = RoutingTable("v", "blue", "green", UPSTREAMS)
+    with pytest.raises(AttributeError):
+        table.active = "green"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        table.upstreams["red"] = UPSTREAMS["blue"]  # type: ignore[index]
+
+
+def upstream_head(headers: list[tuple[bytes, bytes]], **kwargs: object) -> bytes:
+    options: dict[str, object] = {
+        "peer_ip": "192.0.2.1",
+        "preview_header": b"x-bluegreen-preview",
+        "chunked_body": False,
+        "upgrade": False,
+    }
+    options.update(kwargs)
+    head, _ = build_upstream_request_head(b"GET", b"/p?q=1", headers, **options)  # type: ignore[arg-type]
+    return head
+
+
+def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
+    head = upstream_head(
+        [
+            (b"Host", b"shop"),
+            (b"X-Bluegreen-Preview", b"1"),
+            (b"X-Forwarded-For", b"203.0.113.9"),
+            (b"X-Forwarded-Proto", b"https"),
+            (b"Connection", b"keep-alive, X-Hop"),
+            (b"X-Hop", b"1"),
+            (b"Proxy-Authorization", b"x"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    assert head == (
+        b"GET /p?q=1 HTTP/1.1\r\nHost: shop\r\nAccept: */*\r\n"
+        b"X-Forwarded-For: 203.0.113.9, 192.0.2.1\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop\r\n\r\n"
+    )
+
+
+def test_upgrade_keeps_upgrade_fields_and_chunked_body_is_declared() -> None:
+    upgrade = upstream_head(
+        [(b"Host", b"h"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], upgrade=True
+    )
+    assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in upgrade
+    chunked = upstream_head(
+        [(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")], chunked_body=True
+    )
+    assert chunked.count(b"Transfer-Encoding: chunked\r\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([], "missing Host"),
+        ([(b"Host", b"a"), (b"host", b"b")], "repeated Host"),
+        ([(b"Host", b"")], "empty Host"),
+    ],
+)
+def test_bad_host_is_refused(headers: list[tuple[bytes, bytes]], message: str) -> None:
+    with pytest.raises(RequestHeadError, match=message):
+        upstream_head(headers)
+
+
+def test_response_head_states_its_own_framing() -> None:
+    head = build_response_head(
+        200,
+        b"OK",
+        [
+            (b"Content-Length", b"10"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Connection", b"X-Hop"),
+            (b"X-Hop", b"1"),
+            (b"X-Bluegreen-Colour", b"forged"),
+            (b"ETag", b'"1"'),
+        ],
+        colour=b"green",
+        content_length=None,
+        chunked=True,
+        keep_alive=False,
+        client_http10=False,
+        upgrade=False,
+    )
+    assert head == (
+        b'HTTP/1.1 200 OK\r\nETag: "1"\r\nX-Bluegreen-Colour: green\r\n'
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+
+
+def test_connection_tokens() -> None:
+    assert connection_tokens([(b"Connection", b"Keep-Alive, X-A ,,"), (b"connection", b"x-b")]) == {
+        b"keep-alive",
+        b"x-a",
+        b"x-b",
+    }

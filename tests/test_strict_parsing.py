@@ -1,0 +1,107 @@
+"""Strict request parsing at the edge: real bytes over a real socket, 400 and close.
+
+What reaches the upstream is re-parsed with h11, an independent parser, and must be exactly one
+well-formed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import h11
+import httptools
+import pytest
+
+from proxy.metrics import TrafficStats
+from proxy.routing import RoutingTable, Upstream
+from proxy.server import ProxyServer
+from tests.conftest import RunningProxy, raw_exchange
+
+SMUGGLING = [
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3x\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Nul: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Cr: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+    b"GET /\nHTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x2e\r\n" + b"a" * 46,
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0_2e\r\n" + b"a" * 46,
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+]
+
+
+class RecordingUpstream:
+    """A raw upstream that keeps every byte it receives and answers each request with 200."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            self.received += data
+            if b"\r\n\r\n" in data:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+
+@pytest.fixture
+async def recorded() -> AsyncIterator[tuple[RunningProxy, RecordingUpstream]]:
+    upstream = RecordingUpstream()
+    raw = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    port = int(raw.sockets[0].getsockname()[1])
+    upstreams = {
+        "blue": Upstream("blue", f"http://127.0.0.1:{port}", "127.0.0.1", port),
+        "green": Upstream("green", f"http://127.0.0.1:{port}", "127.0.0.1", port),
+    }
+    server = ProxyServer(TrafficStats(), RoutingTable("v", "blue", "green", upstreams))
+    listener = await server.listen("127.0.0.1", 0)
+    yield RunningProxy(server, int(listener.sockets[0].getsockname()[1])), upstream
+    await server.shutdown(0.5)
+    raw.close()
+
+
+def test_the_c_parser_is_in_use() -> None:
+    assert httptools.HttpRequestParser.__module__ == "httptools.parser.parser"
+    assert httptools.parser.parser.__file__.endswith(".so")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("payload", SMUGGLING, ids=range(len(SMUGGLING)))
+async def test_ambiguous_requests_get_400_and_never_reach_upstream(
+    recorded: tuple[RunningProxy, RecordingUpstream], payload: bytes
+) -> None:
+    proxy, upstream = recorded
+    raw = await raw_exchange(proxy.port, payload)
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n"), raw
+    assert b"Connection: close" in raw
+    assert upstream.received == b""
+
+
+async def test_forwarded_chunked_request_is_one_well_formed_request(
+    recorded: tuple[RunningProxy, RecordingUpstream],
+) -> None:
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(bytes(upstream.received))
+    request = server.next_event()
+    assert isinstance(request, h11.Request)
+    assert request.target == b"/up"
+    body = b""
+    while isinstance(event := server.next_event(), h11.Data):
+        body += event.data
+    assert body == b"abcde"
+    assert isinstance(event, h11.EndOfMessage)
+    assert server.next_event() is h11.NEED_DATA  # nothing smuggled behind it

@@ -1,0 +1,198 @@
+"""Unreachable, slow and broken upstreams: 502, 504, and never a response that looks complete."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from proxy.metrics import TrafficStats
+from proxy.routing import ProxyTimeouts, RoutingTable, Upstream
+from proxy.server import ProxyServer
+from tests.conftest import RunningProxy, TableFactory, raw_exchange
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    """Start misbehaving upstreams written with raw streams."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> int:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def proxy_to(port: int, timeouts: ProxyTimeouts | None = None) -> RunningProxy:
+    upstreams = {
+        "blue": Upstream("blue", f"http://127.0.0.1:{port}", "127.0.0.1", port),
+        "green": Upstream("green", "http://127.0.0.1:1", "127.0.0.1", 1),
+    }
+    table = RoutingTable(
+        "v1", "blue", "green", upstreams, timeouts=timeouts or ProxyTimeouts(read=0.5)
+    )
+    server = ProxyServer(TrafficStats(), table)
+    listener = await server.listen("127.0.0.1", 0)
+    return RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
+
+
+async def test_unreachable_colour_gets_502_naming_it(
+    proxy: RunningProxy, make_table: TableFactory, colours: dict[str, object]
+) -> None:
+    dead = free_port()
+    table = make_table()
+    upstreams = dict(table.upstreams)
+    upstreams["blue"] = Upstream("blue", f"http://127.0.0.1:{dead}", "127.0.0.1", dead)
+    proxy.server.swap_table(make_table(upstreams=upstreams))
+    async with aiohttp.ClientSession() as session, session.get(proxy.url + "/") as response:
+        text = await response.text()
+        assert response.status == 502
+        assert response.headers["X-Bluegreen-Colour"] == "blue"
+    assert "colour blue" in text and str(dead) in text and "refused" in text
+    assert proxy.server.stats.upstream_errors[("blue", "connect")] == 1
+    assert proxy.server.stats.requests[("blue", "live", "5xx")] == 1
+
+
+async def test_stalled_upstream_gets_504(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(stall))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 504 Gateway Timeout")
+        assert b"colour blue" in raw and b"no response within 0.5s" in raw
+        assert loop.time() - started < 3
+    finally:
+        await proxy.server.shutdown(0.5)
+
+
+async def test_close_without_answer_gets_502(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(hang_up))
+    try:
+        raw = await raw_exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
+        assert b"without a response" in raw
+    finally:
+        await proxy.server.shutdown(0.5)
+
+
+async def test_reset_mid_body_cuts_the_client_connection(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def half_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        writer.transport.abort()
+
+    proxy = await proxy_to(await raw_upstream(half_body))
+    try:
+        raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"Content-Length: 100000" in head
+        assert len(body) < 100000  # the client sees a short body, never a complete response
+        assert proxy.server.stats.upstream_errors[("blue", "reset")] == 1
+    finally:
+        await proxy.server.shutdown(0.5)
+
+
+async def test_conflicting_upstream_framing_becomes_502(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def smuggle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(smuggle))
+    try:
+        raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
+        assert b"invalid response" in raw
+        assert b"hello" not in raw
+    finally:
+        await proxy.server.shutdown(0.5)
+
+
+async def test_close_delimited_upstream_body_is_chunked_to_the_client(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+        await writer.drain()
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(old_server))
+    try:
+        raw = await raw_exchange(
+            proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        assert b"Transfer-Encoding: chunked" in raw
+        assert raw.endswith(b"d\r\nuntil the end\r\n0\r\n\r\n")
+    finally:
+        await proxy.server.shutdown(0.5)
+
+
+async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    connections = 0
+
+    async def one_request_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Answers with keep-alive, then closes once the proxy reuses the connection: the race
+        # every pool meets when an upstream's keep-alive timeout fires.
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    proxy = await proxy_to(await raw_upstream(one_request_then_close))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(proxy.url + "/") as response:
+                    assert response.status == 200
+                    assert await response.text() == "ok"
+        assert connections >= 3
+    finally:
+        await proxy.server.shutdown(0.5)
