@@ -19,7 +19,8 @@ from proxy.server import ProxyServer
 from tests.conftest import RunningProxy, raw_exchange
 
 SMUGGLING = [
-    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
@@ -70,7 +71,7 @@ async def recorded() -> AsyncIterator[tuple[RunningProxy, RecordingUpstream]]:
 
 def test_the_c_parser_is_in_use() -> None:
     assert httptools.HttpRequestParser.__module__ == "httptools.parser.parser"
-    assert httptools.parser.parser.__file__.endswith(".so")  # type: ignore[attr-defined]
+    assert httptools.parser.parser.__file__.endswith(".so")
 
 
 @pytest.mark.parametrize("payload", SMUGGLING, ids=range(len(SMUGGLING)))
