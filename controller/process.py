@@ -173,7 +173,6 @@ def _count_accepted(metrics: ControlMetrics, colours: tuple[str, ...], active: s
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; no public accessor exists
-    if isinstance(server, asyncio.Server) and server.sockets:
-        return int(server.sockets[0].getsockname()[1])
-    return 0
+    # aiohttp keeps the asyncio (or uvloop) server here and has no public accessor for it.
+    sockets = getattr(site._server, "sockets", None)
+    return int(sockets[0].getsockname()[1]) if sockets else 0

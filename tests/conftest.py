@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+import uvloop
 from aiohttp import WSMsgType, web
 
 from proxy.metrics import TrafficStats
 from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test on uvloop (what production uses) and on asyncio's own loop."""
+    return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 @dataclass
@@ -132,9 +140,9 @@ async def start_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner,
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    return runner, int(server.sockets[0].getsockname()[1])
+    server = site._server  # aiohttp has no public accessor for the bound port
+    assert server is not None
+    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
 
 @pytest.fixture
