@@ -516,13 +516,13 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, pin: Pinning, url: str, duration: float, latency: bool = True
+    wrk: str, pin: Pinning, url: str, duration: int, latency: bool = True
 ) -> tuple[str, int]:
     argv = [
         wrk,
         f"-t{WRK_THREADS}",
         f"-c{WRK_CONNECTIONS}",
-        f"-d{max(1, round(duration))}s",
+        f"-d{duration}s",
     ]
     if latency:
         argv.append("--latency")
@@ -622,11 +622,11 @@ def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_summary(summaries: list[Summary], body: str, rounds: int, duration: float) -> None:
+def print_summary(summaries: list[Summary], body: str, rounds: int, duration: int) -> None:
     refs = REFERENCES[body]
     info("")
     info(
-        f"=== {body} body ({BODIES[body]} B): medians over {rounds} round(s) of {duration:g}s, "
+        f"=== {body} body ({BODIES[body]} B): medians over {rounds} round(s) of {duration}s, "
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} ==="
     )
     info("ratio columns: median over rounds of (target req/s / reference req/s in the same round)")
@@ -783,10 +783,10 @@ def start_servers(
 
 def run(args: argparse.Namespace) -> int:
     rounds: int = args.rounds
-    duration: float = args.duration
-    warmup: float = args.warmup
+    duration: int = args.duration
+    warmup: int = args.warmup
     if args.quick:
-        rounds, duration = 1, 3.0
+        rounds, duration = 1, 3
 
     load1 = os.getloadavg()[0]
     if load1 > LOAD_WARN_THRESHOLD:
@@ -832,7 +832,7 @@ def run(args: argparse.Namespace) -> int:
         assert pin.load_cpu is not None
         os.sched_setaffinity(0, {pin.load_cpu})
     info(
-        f"Plan: {rounds} round(s), {duration:g}s per run after a {warmup:g}s warm-up, "
+        f"Plan: {rounds} round(s), {duration}s per run after a {warmup}s warm-up, "
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --latency"
     )
 
@@ -917,8 +917,8 @@ def measure(
     t: Target,
     body: str,
     rnd: int,
-    duration: float,
-    warmup: float,
+    duration: int,
+    warmup: int,
 ) -> Measurement:
     label = f"{body:<5} {t.name:<15}"
     if t.dead or t.proc.poll() is not None:
@@ -949,9 +949,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark bluegreen against nginx and haproxy (see benchmarks/README.md)."
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
     p.add_argument(
-        "--warmup", type=float, default=2.0, help="discarded warm-up seconds per run (default 2)"
+        "--warmup", type=int, default=2, help="discarded warm-up seconds per run (default 2)"
     )
     p.add_argument("--quick", action="store_true", help="1 round of 3s: a smoke test of the script")
     p.add_argument(

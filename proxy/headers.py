@@ -27,6 +27,10 @@ HOP_BY_HOP = frozenset(
 # Set by the proxy itself from what it knows; a client's own copies are replaced or appended to.
 FORWARDED_SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 COLOUR_HEADER = b"X-Bluegreen-Colour"
+# Response fields the proxy never passes on: hop-by-hop, the framing it states itself, and a
+# colour header an upstream may try to forge.
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length", b"x-bluegreen-colour"}
+_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -134,16 +138,24 @@ def build_response_head(
     framing: `content_length` when known, chunked when `chunked`, otherwise the body (if any) is
     delimited by closing the connection. `X-Bluegreen-Colour` names the colour that answered.
     """
-    named = connection_tokens(headers)
-    lines = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", reason, b"\r\n"]
+    # One pass drops what is always dropped; fields named by Connection are rare enough (it
+    # usually says only keep-alive or close) to be filtered in a second pass when present.
+    kept: list[tuple[bytes, bytes, bytes]] = []
+    named: set[bytes] = set()
     upgrade_value: bytes | None = None
     for name, value in headers:
         lower = name.lower()
-        if lower == b"content-length":
-            continue  # re-added below from the parsed, validated value
-        if lower == b"upgrade":
-            upgrade_value = value
-        elif not is_hop_by_hop(lower, named) and lower != b"x-bluegreen-colour":
+        if lower in _RESPONSE_DROPPED or lower.startswith(b"proxy-"):
+            if lower == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+            elif lower == b"upgrade":
+                upgrade_value = value
+            continue
+        kept.append((lower, name, value))
+    named -= _CONNECTION_OPTIONS
+    lines = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", reason, b"\r\n"]
+    for lower, name, value in kept:
+        if not named or lower not in named:
             lines += (name, b": ", value, b"\r\n")
     lines += (COLOUR_HEADER, b": ", colour, b"\r\n")
     if upgrade and upgrade_value is not None:
