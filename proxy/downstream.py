@@ -248,10 +248,8 @@ class ClientConnection(asyncio.Protocol):
         """Send everything held since `cork`."""
         corked, self.corked = self.corked, None
         if corked and self.transport is not None and not self.closed:
-            if len(corked) == 1:
-                self.transport.write(corked[0])
-            else:
-                self.transport.writelines(corked)
+            # One joined write: uvloop's writelines costs more than a join of small pieces.
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def block_reading(self, reason: int) -> None:
         """Stop reading from the client for `reason` (a bit of the blocking mask)."""

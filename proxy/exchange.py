@@ -351,7 +351,7 @@ class Exchange:
         pending = self.pending
         self.pending = None
         if pending:
-            conn.writelines(pending)
+            conn.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if self.pending_size:
             self.pending_size = 0
             self.client.unblock_reading(BLOCK_PENDING_BODY)
