@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from proxy.headers import LAST_CHUNK, build_response_head, simple_response
+from proxy.headers import LAST_CHUNK, ResponseHead, render_response_head, simple_response
 from proxy.routing import Route, RoutingTable, Upstream
 from proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -178,35 +178,24 @@ class Exchange:
 
     # --- response side, driven by the upstream connection -----------------------------------
 
-    def informational_response(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def informational_response(self, head: ResponseHead) -> None:
         """Forward a 1xx (100 Continue, 103 Early Hints) to HTTP/1.1 clients."""
         if self.client_http10:
             return
-        head = build_response_head(
-            status,
-            reason,
-            headers,
-            colour=self.colour_bytes,
-            content_length=None,
-            chunked=False,
-            keep_alive=True,
-            client_http10=False,
-            upgrade=False,
+        self.client.write(
+            render_response_head(
+                head,
+                colour=self.colour_bytes,
+                content_length=None,
+                chunked=False,
+                keep_alive=True,
+                client_http10=False,
+                upgrade=False,
+            )
         )
-        self.client.write(head)
 
     def response_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        *,
-        content_length: int | None,
-        chunked: bool,
-        no_body: bool,
-        upgrade: bool,
+        self, status: int, head: ResponseHead, *, no_body: bool, upgrade: bool
     ) -> None:
         """Write the response head with the proxy's own framing and the colour header."""
         self.status = status
@@ -220,34 +209,30 @@ class Exchange:
             self.keep_alive = False
         if self.client.server.draining:
             self.keep_alive = False
+        length = head.content_length
+        use_chunked = False
         if no_body:
-            length: int | None = content_length if self.is_head else None
-            use_chunked = False
-        elif content_length is not None:
-            length, use_chunked = content_length, False
-        else:
+            # A HEAD response keeps the upstream's Content-Length: it describes the GET body.
+            if not self.is_head:
+                length = None
+        elif length is None:
             # Chunked or close-delimited upstream: chunked to HTTP/1.1 clients, close-delimited
             # to HTTP/1.0 clients, who do not know chunked.
-            length = None
             use_chunked = not self.client_http10
             if self.client_http10:
                 self.keep_alive = False
-        if no_body and self.is_head:
-            # Keep the upstream's Content-Length for HEAD: it describes the GET body.
-            length = _content_length(headers)
         self.response_chunked = use_chunked
-        head = build_response_head(
-            status,
-            reason,
-            headers,
-            colour=self.colour_bytes,
-            content_length=length,
-            chunked=use_chunked,
-            keep_alive=self.keep_alive,
-            client_http10=self.client_http10,
-            upgrade=upgrade,
+        self.client.write(
+            render_response_head(
+                head,
+                colour=self.colour_bytes,
+                content_length=length,
+                chunked=use_chunked,
+                keep_alive=self.keep_alive,
+                client_http10=self.client_http10,
+                upgrade=upgrade,
+            )
         )
-        self.client.write(head)
         if upgrade:
             self.client.start_tunnel(self)
 
@@ -376,10 +361,3 @@ class Exchange:
         self.client.server.stats.request_finished(
             self.route.colour, self.route.kind, status, elapsed
         )
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            return int(value)
-    return None

@@ -7,6 +7,8 @@ The proxy always writes its own framing (Content-Length or chunked), never the p
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
@@ -27,10 +29,6 @@ HOP_BY_HOP = frozenset(
 # Set by the proxy itself from what it knows; a client's own copies are replaced or appended to.
 FORWARDED_SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 COLOUR_HEADER = b"X-Bluegreen-Colour"
-# Response fields the proxy never passes on: hop-by-hop, the framing it states itself, and a
-# colour header an upstream may try to forge.
-_RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length", b"x-bluegreen-colour"}
-_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -120,10 +118,78 @@ def build_upstream_request_head(
     return b"".join(lines), host
 
 
-def build_response_head(
-    status: int,
-    reason: bytes,
-    headers: Sequence[Header],
+# Response fields the proxy never passes on: hop-by-hop, the framing it states itself, and a
+# colour header an upstream may try to forge. Matched on the raw header block in one regex pass:
+# per-field parser callbacks and a Python loop over every field cost more than the rest of the
+# response path together on small responses.
+_RESPONSE_SPECIAL = re.compile(
+    rb"^(connection|keep-alive|te|trailer|transfer-encoding|upgrade|content-length"
+    rb"|x-bluegreen-colour|proxy-[^:\r\n]*):[ \t]*(.*?)[ \t]*\r\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+class ResponseHead:
+    """A response head as received, split into what the proxy passes on and what it decides."""
+
+    __slots__ = (
+        "chunked",
+        "connection_named",
+        "content_length",
+        "fields",
+        "status_line",
+        "upgrade",
+    )
+
+    def __init__(self, block: bytes) -> None:
+        """Split a raw head block (status line through the blank line), as llhttp accepted it.
+
+        llhttp has already refused anything ambiguous (obs-fold, bare CR or LF, a repeated or
+        malformed Content-Length, Content-Length with Transfer-Encoding), so the block is a
+        status line and clean `name: value CRLF` lines.
+        """
+        line_end = block.index(b"\r\n")
+        status_line = block[:line_end]
+        if not status_line.startswith(b"HTTP/1.1 "):
+            status_line = b"HTTP/1.1" + status_line[8:]  # the proxy speaks HTTP/1.1 to clients
+        self.status_line = status_line
+        self.content_length: int | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+        self.connection_named: set[bytes] | None = None
+        self.fields = _RESPONSE_SPECIAL.sub(self._take, block[line_end + 2 : -2])
+        named = self.connection_named
+        if named:
+            # Fields that Connection names are hop-by-hop too (RFC 9110 7.6.1).
+            self.fields = _named_fields_pattern(frozenset(named)).sub(b"", self.fields)
+
+    def _take(self, match: re.Match[bytes]) -> bytes:
+        name = match.group(1).lower()
+        value = match.group(2)
+        if name == b"content-length":
+            self.content_length = int(value)
+        elif name == b"transfer-encoding":
+            self.chunked = value.lower().endswith(b"chunked")
+        elif name == b"upgrade":
+            self.upgrade = value
+        elif name == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")} - _NOT_FIELD_NAMES
+            if tokens:
+                self.connection_named = (self.connection_named or set()) | tokens
+        return b""
+
+
+_NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen-colour"}
+
+
+@functools.lru_cache(maxsize=64)
+def _named_fields_pattern(names: frozenset[bytes]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(name) for name in sorted(names))
+    return re.compile(rb"^(?:" + alternatives + rb"):[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE)
+
+
+def render_response_head(
+    head: ResponseHead,
     *,
     colour: bytes,
     content_length: int | None,
@@ -132,45 +198,26 @@ def build_response_head(
     client_http10: bool,
     upgrade: bool,
 ) -> bytes:
-    """Build the response head sent to the client.
+    """Build the response head sent to the client, with the proxy's own framing.
 
-    Hop-by-hop fields of the upstream's response are dropped and the proxy states its own
-    framing: `content_length` when known, chunked when `chunked`, otherwise the body (if any) is
-    delimited by closing the connection. `X-Bluegreen-Colour` names the colour that answered.
+    The proxy states `content_length` when known, chunked when `chunked`, otherwise the body
+    (if any) is delimited by closing the connection. `X-Bluegreen-Colour` names the colour that
+    answered.
     """
-    # One pass drops what is always dropped; fields named by Connection are rare enough (it
-    # usually says only keep-alive or close) to be filtered in a second pass when present.
-    kept: list[tuple[bytes, bytes, bytes]] = []
-    named: set[bytes] = set()
-    upgrade_value: bytes | None = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _RESPONSE_DROPPED or lower.startswith(b"proxy-"):
-            if lower == b"connection":
-                named.update(t.strip().lower() for t in value.split(b","))
-            elif lower == b"upgrade":
-                upgrade_value = value
-            continue
-        kept.append((lower, name, value))
-    named -= _CONNECTION_OPTIONS
-    lines = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", reason, b"\r\n"]
-    for lower, name, value in kept:
-        if not named or lower not in named:
-            lines += (name, b": ", value, b"\r\n")
-    lines += (COLOUR_HEADER, b": ", colour, b"\r\n")
-    if upgrade and upgrade_value is not None:
-        lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
+    parts = [head.status_line, b"\r\n", head.fields, COLOUR_HEADER, b": ", colour, b"\r\n"]
+    if upgrade and head.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
     else:
         if content_length is not None:
-            lines += (b"Content-Length: ", str(content_length).encode("ascii"), b"\r\n")
+            parts += (b"Content-Length: ", str(content_length).encode("ascii"), b"\r\n")
         elif chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         if not keep_alive:
-            lines.append(b"Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
         elif client_http10:
-            lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+            parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def simple_response(

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from proxy.headers import ResponseHead
 from proxy.routing import PoolSettings
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
 
 log = logging.getLogger(__name__)
+
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -34,8 +37,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.parser = HttpResponseParser(self)
         self.parser_stale = False
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        self.head_buf = b""  # bytes of the response head(s) read so far
+        self.head_start = 0  # where the head being parsed starts in head_buf (after any 1xx)
         self.remaining: int | None = None  # body bytes still expected, when the length is known
         self.chunked = False  # the response in progress is chunked on the wire
         self.pass_through = 0  # body bytes to forward without parsing
@@ -116,12 +119,21 @@ class UpstreamConnection(asyncio.Protocol):
             data = self._pass_body_through(data, exchange)
             if not data:
                 return
+        if not self.head_done:
+            # Kept until the head is complete: it is split from the raw bytes (see
+            # proxy/headers.py), not from per-field parser callbacks.
+            self.head_buf += data
         client = exchange.client
         client.cork()
         try:
             self._parse(data, exchange)
         finally:
             client.uncork()
+        if not self.head_done and len(self.head_buf) - self.head_start > MAX_RESPONSE_HEAD:
+            exchange.upstream_failed(
+                "protocol", "response head larger than 64 KiB", response_seen=False
+            )
+            self.close()
 
     def _parse(self, data: bytes, exchange: Exchange) -> None:
         try:
@@ -150,24 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         """Start a new response head."""
-        self.headers = []
-        self.reason = b""
         self.head_done = False
         self.remaining = None
         self.chunked = False
-
-    def on_status(self, status: bytes) -> None:
-        """Collect the reason phrase (llhttp may hand it over in pieces)."""
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header field, noting the framing fields on the way."""
-        self.headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            self.remaining = int(value)  # llhttp already refused a repeated or malformed one
-        elif lower == b"transfer-encoding":
-            self.chunked = value.rstrip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
         """Hand the head to the exchange, deciding how the body is delimited."""
@@ -175,27 +172,26 @@ class UpstreamConnection(asyncio.Protocol):
         assert exchange is not None
         status = self.parser.get_status_code()
         self.head_done = True
+        # llhttp accepted the head, so it ends at the first blank line after its start.
+        end = self.head_buf.find(b"\r\n\r\n", self.head_start) + 4
+        head = ResponseHead(self.head_buf[self.head_start : end])
+        self.head_start = end
         if 100 <= status < 200 and status != 101:
             # 100 Continue and 103 Early Hints: forwarded, then the real response follows.
             self.informational = True
-            exchange.informational_response(status, self.reason, self.headers)
+            exchange.informational_response(head)
             return
         self.informational = False
+        self.head_buf = b""
+        self.remaining = head.content_length
+        self.chunked = head.chunked
         no_body = exchange.is_head or status in (204, 304)
         if no_body:
             self.remaining = None
         if status == 101 and exchange.is_upgrade:
             self.tunnel = True
             self.reusable = False
-        exchange.response_head(
-            status,
-            self.reason,
-            self.headers,
-            content_length=self.remaining,
-            chunked=self.chunked,
-            no_body=no_body,
-            upgrade=self.tunnel,
-        )
+        exchange.response_head(status, head, no_body=no_body, upgrade=self.tunnel)
         if exchange.is_head and not self.message_done:
             # llhttp does not know the request was HEAD and would wait for a body: finish here
             # and give the next response a fresh parser.
@@ -232,6 +228,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = HttpResponseParser(self)
             self.parser_stale = False
         self.head_done = self.message_done = self.informational = False
+        self.head_buf = b""
+        self.head_start = 0
         self.remaining = None
         self.pass_through = 0
         self.last_activity = self.loop.time()

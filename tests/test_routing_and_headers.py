@@ -8,9 +8,10 @@ import pytest
 
 from proxy.headers import (
     RequestHeadError,
-    build_response_head,
+    ResponseHead,
     build_upstream_request_head,
     connection_tokens,
+    render_response_head,
 )
 from proxy.routing import LIVE, PREVIEW, PreviewPolicy, Route, RoutingTable, Upstream
 
@@ -131,17 +132,22 @@ def test_bad_host_is_refused(headers: list[tuple[bytes, bytes]], message: str) -
 
 
 def test_response_head_states_its_own_framing() -> None:
-    head = build_response_head(
-        200,
-        b"OK",
-        [
-            (b"Content-Length", b"10"),
-            (b"Transfer-Encoding", b"chunked"),
-            (b"Connection", b"X-Hop"),
-            (b"X-Hop", b"1"),
-            (b"X-Bluegreen-Colour", b"forged"),
-            (b"ETag", b'"1"'),
-        ],
+    head = ResponseHead(
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Length: 10\r\n"
+        b"Transfer-Encoding: chunked\r\n"
+        b"Connection: X-Hop\r\n"
+        b"X-Hop: 1\r\n"
+        b"X-Bluegreen-Colour: forged\r\n"
+        b'ETag: "1"\r\n'
+        b"Proxy-Authenticate: Basic\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"X-Hop-Not: kept\r\n"
+        b"\r\n"
+    )
+    assert head.content_length == 10 and head.chunked
+    rendered = render_response_head(
+        head,
         colour=b"green",
         content_length=None,
         chunked=True,
@@ -149,9 +155,70 @@ def test_response_head_states_its_own_framing() -> None:
         client_http10=False,
         upgrade=False,
     )
-    assert head == (
-        b'HTTP/1.1 200 OK\r\nETag: "1"\r\nX-Bluegreen-Colour: green\r\n'
+    assert rendered == (
+        b'HTTP/1.1 200 OK\r\nETag: "1"\r\nX-Hop-Not: kept\r\nX-Bluegreen-Colour: green\r\n'
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("block", "status_line", "fields", "length", "chunked"),
+    [
+        (b"HTTP/1.0 200 OK\r\nA: b\r\n\r\n", b"HTTP/1.1 200 OK", b"A: b\r\n", None, False),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 204 No Content", b"", None, False),
+        (b"HTTP/1.1 200 OK\r\ncontent-length:  7 \r\n\r\n", b"HTTP/1.1 200 OK", b"", 7, False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX: y\r\n\r\n",
+            b"HTTP/1.1 200 OK",
+            b"X: y\r\n",
+            None,
+            True,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nx-a: 1\r\nX-AB: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK",
+            b"X-AB: 2\r\n",
+            None,
+            False,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Proxy-Thing: kept\r\nProxy-Thing: dropped\r\n\r\n",
+            b"HTTP/1.1 200 OK",
+            b"X-Proxy-Thing: kept\r\n",
+            None,
+            False,
+        ),
+    ],
+)
+def test_response_head_split(
+    block: bytes, status_line: bytes, fields: bytes, length: int | None, chunked: bool
+) -> None:
+    head = ResponseHead(block)
+    assert (head.status_line, head.fields, head.content_length, head.chunked) == (
+        status_line,
+        fields,
+        length,
+        chunked,
+    )
+
+
+def test_upgrade_response_keeps_upgrade() -> None:
+    head = ResponseHead(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: abc\r\n\r\n"
+    )
+    rendered = render_response_head(
+        head,
+        colour=b"blue",
+        content_length=None,
+        chunked=False,
+        keep_alive=True,
+        client_http10=False,
+        upgrade=True,
+    )
+    assert rendered == (
+        b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n"
+        b"X-Bluegreen-Colour: blue\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
 
 
