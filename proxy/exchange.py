@@ -38,7 +38,7 @@ class Exchange:
         "body_chunked",
         "client",
         "client_http10",
-        "colour_bytes",
+        "colour_line",
         "conn",
         "conn_reused",
         "finished",
@@ -81,7 +81,7 @@ class Exchange:
         self.table = table
         self.route = route
         self.upstream: Upstream = table.upstreams[route.colour]
-        self.colour_bytes = route.colour.encode("ascii")
+        self.colour_line = route.colour_line
         self.pool: UpstreamPool | None = None
         self.head = head
         self.method = method
@@ -185,7 +185,7 @@ class Exchange:
         self.client.write(
             render_response_head(
                 head,
-                colour=self.colour_bytes,
+                colour_line=self.colour_line,
                 content_length=None,
                 chunked=False,
                 keep_alive=True,
@@ -225,7 +225,7 @@ class Exchange:
         self.client.write(
             render_response_head(
                 head,
-                colour=self.colour_bytes,
+                colour_line=self.colour_line,
                 content_length=length,
                 chunked=use_chunked,
                 keep_alive=self.keep_alive,

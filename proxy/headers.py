@@ -7,7 +7,6 @@ The proxy always writes its own framing (Content-Length or chunked), never the p
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
@@ -118,35 +117,75 @@ def build_upstream_request_head(
     return b"".join(lines), host
 
 
+def field_pattern(names: Sequence[bytes]) -> re.Pattern[bytes]:
+    """Compile the pattern `find_fields` uses for these lower-case field names (and proxy-*).
+
+    The pattern starts with the literal CRLF, so the regex engine jumps from line start to line
+    start instead of trying every byte of the block.
+    """
+    alternatives = b"|".join(re.escape(name) for name in names)
+    return re.compile(rb"\r\n(" + alternatives + rb"|proxy-[^:\r\n]*):")
+
+
+def find_fields(lowered: bytes, pattern: re.Pattern[bytes]) -> list[tuple[int, int, bytes]]:
+    """Locate the lines of the fields that `pattern` (from `field_pattern`) names.
+
+    `lowered` is CRLF followed by the lower-cased header section (lines of `name: value CRLF`).
+    Returns `(start, end, name)` per line found, as offsets into the section itself, with `end`
+    just past the line's CRLF.
+    """
+    found: list[tuple[int, int, bytes]] = []
+    for match in pattern.finditer(lowered):
+        start = match.start()
+        found.append((start, lowered.find(b"\r\n", match.end()), match.group(1)))
+    return found
+
+
+def cut_lines(section: bytes, lines: list[tuple[int, int, bytes]]) -> bytes:
+    """Return `section` without the given lines (as `find_fields` located them)."""
+    if not lines:
+        return section
+    lines.sort()
+    kept = []
+    position = 0
+    for start, end, _ in lines:
+        kept.append(section[position:start])
+        position = end
+    kept.append(section[position:])
+    return b"".join(kept)
+
+
 # Response fields the proxy never passes on: hop-by-hop, the framing it states itself, and a
-# colour header an upstream may try to forge. Matched on the raw header block in one regex pass:
-# per-field parser callbacks and a Python loop over every field cost more than the rest of the
-# response path together on small responses.
-_RESPONSE_SPECIAL = re.compile(
-    rb"^(connection|keep-alive|te|trailer|transfer-encoding|upgrade|content-length"
-    rb"|x-bluegreen-colour|proxy-[^:\r\n]*):[ \t]*(.*?)[ \t]*\r\n",
-    re.IGNORECASE | re.MULTILINE,
+# colour header an upstream may try to forge. They are found in the raw header block with a few
+# substring searches of a lower-cased copy: per-field parser callbacks, a Python loop over every
+# field, or one regex over the block each cost more than the rest of a small response's path.
+_RESPONSE_SPECIAL = field_pattern(
+    (
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"x-bluegreen-colour",
+    )
 )
 
 
 class ResponseHead:
     """A response head as received, split into what the proxy passes on and what it decides."""
 
-    __slots__ = (
-        "chunked",
-        "connection_named",
-        "content_length",
-        "fields",
-        "status_line",
-        "upgrade",
-    )
+    __slots__ = ("chunked", "content_length", "fields", "length_line", "status_line", "upgrade")
 
     def __init__(self, block: bytes) -> None:
         """Split a raw head block (status line through the blank line), as llhttp accepted it.
 
         llhttp has already refused anything ambiguous (obs-fold, bare CR or LF, a repeated or
-        malformed Content-Length, Content-Length with Transfer-Encoding), so the block is a
-        status line and clean `name: value CRLF` lines.
+        malformed Content-Length, Content-Length with Transfer-Encoding, space before a colon),
+        so the block is a status line and clean `name: value CRLF` lines. The Content-Length
+        line stays in `fields` (the usual case forwards it unchanged); `render_response_head`
+        removes it when the proxy frames the body otherwise.
         """
         line_end = block.index(b"\r\n")
         status_line = block[:line_end]
@@ -154,44 +193,44 @@ class ResponseHead:
             status_line = b"HTTP/1.1" + status_line[8:]  # the proxy speaks HTTP/1.1 to clients
         self.status_line = status_line
         self.content_length: int | None = None
+        self.length_line = b""
         self.chunked = False
         self.upgrade: bytes | None = None
-        self.connection_named: set[bytes] | None = None
-        self.fields = _RESPONSE_SPECIAL.sub(self._take, block[line_end + 2 : -2])
-        named = self.connection_named
+        section = block[line_end + 2 : -2]
+        lowered = block[line_end:-2].lower()  # starts with the status line's CRLF
+        cut: list[tuple[int, int, bytes]] = []
+        named: set[bytes] | None = None
+        for match in _RESPONSE_SPECIAL.finditer(lowered):
+            name = match.group(1)
+            start = match.start()
+            end = lowered.find(b"\r\n", match.end())
+            if name == b"content-length":
+                self.length_line = section[start:end]
+                self.content_length = int(section[match.end() - 2 : end - 2])
+                continue
+            value = section[match.end() - 2 : end - 2].strip(b" \t")
+            if name == b"transfer-encoding":
+                self.chunked = value.lower().endswith(b"chunked")
+            elif name == b"upgrade":
+                self.upgrade = value
+            elif name == b"connection":
+                tokens = {t.strip() for t in value.lower().split(b",")} - _NOT_FIELD_NAMES
+                if tokens:
+                    named = tokens if named is None else named | tokens
+            cut.append((start, end, name))
         if named:
             # Fields that Connection names are hop-by-hop too (RFC 9110 7.6.1).
-            self.fields = _named_fields_pattern(frozenset(named)).sub(b"", self.fields)
-
-    def _take(self, match: re.Match[bytes]) -> bytes:
-        name = match.group(1).lower()
-        value = match.group(2)
-        if name == b"content-length":
-            self.content_length = int(value)
-        elif name == b"transfer-encoding":
-            self.chunked = value.lower().endswith(b"chunked")
-        elif name == b"upgrade":
-            self.upgrade = value
-        elif name == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")} - _NOT_FIELD_NAMES
-            if tokens:
-                self.connection_named = (self.connection_named or set()) | tokens
-        return b""
+            cut += find_fields(lowered, field_pattern(sorted(named)))
+        self.fields = cut_lines(section, cut)
 
 
 _NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen-colour"}
 
 
-@functools.lru_cache(maxsize=64)
-def _named_fields_pattern(names: frozenset[bytes]) -> re.Pattern[bytes]:
-    alternatives = b"|".join(re.escape(name) for name in sorted(names))
-    return re.compile(rb"^(?:" + alternatives + rb"):[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE)
-
-
 def render_response_head(
     head: ResponseHead,
     *,
-    colour: bytes,
+    colour_line: bytes,
     content_length: int | None,
     chunked: bool,
     keep_alive: bool,
@@ -200,16 +239,21 @@ def render_response_head(
 ) -> bytes:
     """Build the response head sent to the client, with the proxy's own framing.
 
-    The proxy states `content_length` when known, chunked when `chunked`, otherwise the body
-    (if any) is delimited by closing the connection. `X-Bluegreen-Colour` names the colour that
-    answered.
+    The proxy states `content_length` when known (it is always the upstream's, whose line is
+    then kept as received), chunked when `chunked`, otherwise the body (if any) is delimited by
+    closing the connection. `colour_line` is the `X-Bluegreen-Colour` field naming the colour
+    that answered.
     """
-    parts = [head.status_line, b"\r\n", head.fields, COLOUR_HEADER, b": ", colour, b"\r\n"]
+    fields = head.fields
+    keep_length_line = bool(head.length_line) and content_length is not None and not upgrade
+    if head.length_line and not keep_length_line:
+        fields = fields.replace(head.length_line, b"", 1)
+    parts = [head.status_line, b"\r\n", fields, colour_line]
     if upgrade and head.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
     else:
-        if content_length is not None:
-            parts += (b"Content-Length: ", str(content_length).encode("ascii"), b"\r\n")
+        if content_length is not None and not keep_length_line:
+            parts.append(b"Content-Length: %d\r\n" % content_length)
         elif chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if not keep_alive:

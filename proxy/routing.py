@@ -70,6 +70,13 @@ class Route:
 
     colour: str
     kind: str  # LIVE or PREVIEW: a metric label, so it stays low-cardinality
+    colour_line: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The response field naming the colour, built once rather than per response.
+        object.__setattr__(
+            self, "colour_line", b"X-Bluegreen-Colour: %s\r\n" % self.colour.encode()
+        )
 
 
 @dataclass(frozen=True, slots=True)
