@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from proxy.exchange import BLOCK_PIPELINE, Exchange
-from proxy.headers import RequestHeadError, build_upstream_request_head, simple_response
+from proxy.headers import RequestHeadError, build_upstream_request, simple_response
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -38,6 +38,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.peer_ip: str | None = None
+        self.peer: bytes | None = None  # peer_ip as bytes, for X-Forwarded-For
         self.parser = HttpRequestParser(self)
         self.parser_stale = False
         self.url = b""
@@ -66,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
+            self.peer = self.peer_ip.encode("ascii")
         self.last_activity = self.loop.time()
         self.server.connection_opened(self)
 
@@ -162,42 +164,29 @@ class ClientConnection(asyncio.Protocol):
             raise RequestHeadError("bad request: CONNECT is not supported by a reverse proxy")
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
-        headers = self.headers
-        preview_header = table.preview_header
-        preview_value: bytes | None = None
-        content_length: int | None = None
-        chunked = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == preview_header:
-                preview_value = value
-            elif lower == b"content-length":
-                content_length = int(value)  # llhttp already refused bad or repeated values
-            elif lower == b"transfer-encoding":
-                chunked = True  # llhttp accepts only a final "chunked" and refuses it with CL
         upgrade = parser.should_upgrade()
-        head, _host = build_upstream_request_head(
+        request = build_upstream_request(
             method,
             self.url,
-            headers,
-            peer_ip=self.peer_ip,
-            preview_header=preview_header,
-            chunked_body=chunked,
+            self.headers,
+            peer=self.peer,
+            preview_header=table.preview_header,
             upgrade=upgrade,
         )
-        route = table.choose(preview_value, self.peer_ip)
-        http10 = parser.get_http_version() == "1.0"
+        route = table.choose(request.preview_value, self.peer_ip)
+        chunked = request.chunked
+        content_length = request.content_length
         exchange = Exchange(
             self,
             table,
             route,
-            head,
+            request.head,
             method=method,
             has_body=chunked or bool(content_length),
             body_chunked=chunked,
             is_upgrade=upgrade,
             keep_alive=parser.should_keep_alive() and not upgrade,
-            client_http10=http10,
+            client_http10=parser.get_http_version() == "1.0",
         )
         self.parsing = exchange
         self.body_remaining = content_length

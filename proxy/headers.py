@@ -8,7 +8,7 @@ The proxy always writes its own framing (Content-Length or chunked), never the p
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 
 Header = tuple[bytes, bytes]
@@ -25,27 +25,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Set by the proxy itself from what it knows; a client's own copies are replaced or appended to.
-FORWARDED_SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 COLOUR_HEADER = b"X-Bluegreen-Colour"
-
-
-def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
-    """Return the lower-case field names listed in every Connection header."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(tokens)
-
-
-def is_hop_by_hop(lower_name: bytes, named_by_connection: frozenset[bytes]) -> bool:
-    """Say whether a field must not cross the proxy (RFC 9110 7.6.1, plus every Proxy-* field)."""
-    return (
-        lower_name in HOP_BY_HOP
-        or lower_name.startswith(b"proxy-")
-        or lower_name in named_by_connection
-    )
+# Connection tokens that are options or fields handled anyway, not extra fields to remove.
+_NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen-colour"}
 
 
 class RequestHeadError(ValueError):
@@ -56,65 +38,123 @@ class RequestHeadError(ValueError):
         self.status = status
 
 
-def build_upstream_request_head(
+# How each request field that needs handling is treated; every other field passes unchanged.
+_HOST, _FORWARDED_FOR, _DROP, _UPGRADE, _CONNECTION, _LENGTH, _TRANSFER = range(7)
+_REQUEST_SPECIAL = {
+    b"host": _HOST,
+    b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-forwarded-proto": _DROP,
+    b"x-forwarded-host": _DROP,
+    b"keep-alive": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _UPGRADE,
+    b"connection": _CONNECTION,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TRANSFER,
+}
+
+
+class UpstreamRequest:
+    """The request head to send upstream, and what the proxy learnt from the client's head."""
+
+    __slots__ = ("chunked", "content_length", "head", "host", "preview_value")
+
+    def __init__(
+        self,
+        head: bytes,
+        host: bytes,
+        preview_value: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+    ) -> None:
+        self.head = head
+        self.host = host
+        self.preview_value = preview_value
+        self.content_length = content_length
+        self.chunked = chunked
+
+
+def build_upstream_request(
     method: bytes,
     target: bytes,
     headers: Sequence[Header],
     *,
-    peer_ip: str | None,
+    peer: bytes | None,
     preview_header: bytes,
-    chunked_body: bool,
     upgrade: bool,
-) -> tuple[bytes, bytes]:
-    """Build the request head sent upstream and return it with the client's Host value.
+) -> UpstreamRequest:
+    """Build the request head sent upstream, in one pass over the client's fields.
 
     The head is HTTP/1.1 with keep-alive (the upstream pool reuses connections whatever the
     client's version). The preview header and hop-by-hop fields are removed, X-Forwarded-For gets
-    the peer appended, X-Forwarded-Proto and X-Forwarded-Host are set. For an upgrade the
-    `Upgrade` field and `Connection: upgrade` are kept, since they are the point of the request.
+    the peer appended, X-Forwarded-Proto and X-Forwarded-Host are set. The body's framing is the
+    proxy's own: Content-Length is kept, chunked is declared again. For an upgrade the `Upgrade`
+    field and `Connection: upgrade` are kept, since they are the point of the request.
 
-    Raises RequestHeadError when Host is missing or repeated.
+    Raises RequestHeadError when Host is missing, repeated or empty.
     """
-    named = connection_tokens(headers)
     host: bytes | None = None
     host_count = 0
+    preview_value: bytes | None = None
+    content_length: int | None = None
+    chunked = False
     forwarded_for: list[bytes] = []
     upgrade_value: bytes | None = None
-    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    named: set[bytes] | None = None
+    kept: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
+    special = _REQUEST_SPECIAL
     for name, value in headers:
         lower = name.lower()
-        if lower == b"host":
+        kind = special.get(lower)
+        if kind is None:
+            if lower == preview_header:
+                preview_value = value
+            elif not lower.startswith(b"proxy-"):
+                kept += (name, b": ", value, b"\r\n")
+        elif kind == _HOST:
             host_count += 1
             host = value
-            lines += (b"Host: ", value, b"\r\n")
-        elif lower == preview_header:
-            continue
-        elif lower == b"x-forwarded-for":
+            kept += (b"Host: ", value, b"\r\n")
+        elif kind == _LENGTH:
+            content_length = int(value)  # llhttp already refused bad or repeated values
+            kept += (b"Content-Length: ", value, b"\r\n")
+        elif kind == _TRANSFER:
+            chunked = True  # llhttp accepts only a final "chunked", and never with a length
+        elif kind == _FORWARDED_FOR:
             forwarded_for.append(value)
-        elif lower in FORWARDED_SET_BY_PROXY:
-            continue
-        elif lower == b"upgrade":
+        elif kind == _UPGRADE:
             upgrade_value = value
-        elif is_hop_by_hop(lower, named):
-            continue
-        else:
-            lines += (name, b": ", value, b"\r\n")
+        elif kind == _CONNECTION:
+            tokens = {t.strip() for t in value.lower().split(b",")} - _NOT_FIELD_NAMES
+            if tokens:
+                named = tokens if named is None else named | tokens
     if host_count != 1 or host is None:
         problem = "missing Host header" if host_count == 0 else "repeated Host header"
         raise RequestHeadError(f"bad request: {problem}")
     if not host.strip():
         raise RequestHeadError("bad request: empty Host header")
-    if peer_ip is not None:
-        forwarded_for.append(peer_ip.encode("ascii"))
+    if named:
+        # Rare: fields that the client's Connection names are hop-by-hop too; rebuild without.
+        return build_upstream_request(
+            method,
+            target,
+            [(n, v) for n, v in headers if n.lower() not in named and n.lower() != b"connection"],
+            peer=peer,
+            preview_header=preview_header,
+            upgrade=upgrade,
+        )
+    if peer is not None:
+        forwarded_for.append(peer)
     if forwarded_for:
-        lines += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
-    lines += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n")
+        kept += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
+    kept += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n")
     if upgrade and upgrade_value is not None:
-        lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
-    if chunked_body:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines), host
+        kept += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
+    if chunked:
+        kept.append(b"Transfer-Encoding: chunked\r\n")
+    kept.append(b"\r\n")
+    return UpstreamRequest(b"".join(kept), host, preview_value, content_length, chunked)
 
 
 def field_pattern(names: Sequence[bytes]) -> re.Pattern[bytes]:
@@ -222,9 +262,6 @@ class ResponseHead:
             # Fields that Connection names are hop-by-hop too (RFC 9110 7.6.1).
             cut += find_fields(lowered, field_pattern(sorted(named)))
         self.fields = cut_lines(section, cut)
-
-
-_NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen-colour"}
 
 
 def render_response_head(

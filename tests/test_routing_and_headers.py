@@ -9,8 +9,7 @@ import pytest
 from proxy.headers import (
     RequestHeadError,
     ResponseHead,
-    build_upstream_request_head,
-    connection_tokens,
+    build_upstream_request,
     render_response_head,
 )
 from proxy.routing import LIVE, PREVIEW, PreviewPolicy, Route, RoutingTable, Upstream
@@ -75,16 +74,16 @@ def test_table_is_immutable() -> None:
         table.upstreams["red"] = UPSTREAMS["blue"]  # type: ignore[index]
 
 
-def upstream_head(headers: list[tuple[bytes, bytes]], **kwargs: object) -> bytes:
-    options: dict[str, object] = {
-        "peer_ip": "192.0.2.1",
-        "preview_header": b"x-bluegreen-preview",
-        "chunked_body": False,
-        "upgrade": False,
-    }
-    options.update(kwargs)
-    head, _ = build_upstream_request_head(b"GET", b"/p?q=1", headers, **options)  # type: ignore[arg-type]
-    return head
+def upstream_head(headers: list[tuple[bytes, bytes]], *, upgrade: bool = False) -> bytes:
+    request = build_upstream_request(
+        b"GET",
+        b"/p?q=1",
+        headers,
+        peer=b"192.0.2.1",
+        preview_header=b"x-bluegreen-preview",
+        upgrade=upgrade,
+    )
+    return request.head
 
 
 def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
@@ -112,9 +111,7 @@ def test_upgrade_keeps_upgrade_fields_and_chunked_body_is_declared() -> None:
         [(b"Host", b"h"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], upgrade=True
     )
     assert b"Connection: upgrade\r\nUpgrade: websocket\r\n" in upgrade
-    chunked = upstream_head(
-        [(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")], chunked_body=True
-    )
+    chunked = upstream_head([(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")])
     assert chunked.count(b"Transfer-Encoding: chunked\r\n") == 1
 
 
@@ -228,9 +225,19 @@ def test_upgrade_response_keeps_upgrade() -> None:
     )
 
 
-def test_connection_tokens() -> None:
-    assert connection_tokens([(b"Connection", b"Keep-Alive, X-A ,,"), (b"connection", b"x-b")]) == {
-        b"keep-alive",
-        b"x-a",
-        b"x-b",
-    }
+def test_request_fields_named_by_connection_are_removed() -> None:
+    head = upstream_head(
+        [
+            (b"Host", b"h"),
+            (b"Connection", b"Keep-Alive, X-A ,,"),
+            (b"connection", b"x-b"),
+            (b"X-A", b"1"),
+            (b"x-b", b"2"),
+            (b"X-AB", b"3"),
+            (b"Content-Length", b"0"),
+        ]
+    )
+    assert head == (
+        b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nX-AB: 3\r\nContent-Length: 0\r\n"
+        b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    )
