@@ -1,4 +1,4 @@
-"""The proxy's own Python cost per request, without sockets: a repeatable figure to optimise against.
+"""The proxy's own Python cost per request, without sockets: a steady figure to optimise.
 
 Run: .venv/bin/python benchmarks/hot_path.py
 

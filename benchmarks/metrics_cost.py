@@ -37,7 +37,9 @@ def main() -> None:
     registry = CollectorRegistry()
     requests = Counter("r", "r", ("colour", "route", "code"), registry=registry)
     inflight = Gauge("i", "i", ("colour",), registry=registry)
-    durations = Histogram("d", "d", ("colour", "route"), buckets=DURATION_BUCKETS, registry=registry)
+    durations = Histogram(
+        "d", "d", ("colour", "route"), buckets=DURATION_BUCKETS, registry=registry
+    )
 
     def client_library() -> None:
         inflight.labels("blue").inc()
@@ -48,9 +50,11 @@ def main() -> None:
     plain_ns = per_call_ns(timeit.Timer(plain))
     library_ns = per_call_ns(timeit.Timer(client_library))
     full_registry, _ = build_registry(stats)
-    scrape_ms = statistics.median(
-        timeit.Timer(lambda: generate_latest(full_registry)).repeat(ROUNDS, 200)
-    ) / 200 * 1e3
+    scrape_ms = (
+        statistics.median(timeit.Timer(lambda: generate_latest(full_registry)).repeat(ROUNDS, 200))
+        / 200
+        * 1e3
+    )
     print(f"bluegreen TrafficStats       {plain_ns:8.0f} ns per request")
     print(f"prometheus-client children   {library_ns:8.0f} ns per request")
     print(f"ratio                        {library_ns / plain_ns:8.2f}x")

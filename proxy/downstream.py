@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Beyond this many queued pipelined requests, stop reading until the first ones are answered.
 MAX_PIPELINED = 16
+# The largest request head accepted (request line and fields), like Envoy's 60 KiB default.
+MAX_REQUEST_HEAD = 64 * 1024
 
 
 class ClientConnection(asyncio.Protocol):
@@ -56,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         self.eof = False
         self.last_activity = 0.0
         self.head_started: float | None = None
+        self.head_bytes = 0  # bytes read while a head was incomplete
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -129,6 +132,12 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._reject(400, f"bad request: {str(error).strip() or type(error).__name__}")
             return
+        if self.head_started is not None:
+            # A head still incomplete after this read: llhttp sets no size limit of its own.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_REQUEST_HEAD:
+                self._reject(431, "request head larger than 64 KiB")
+                return
         if self.parsing is not None and self.body_remaining:
             # The rest of this body is forwarded without the parser (see proxy/upstream.py).
             self.pass_through = self.body_remaining
@@ -144,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_started = self.loop.time()
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target (llhttp may hand it over in pieces)."""

@@ -7,6 +7,7 @@ the colour it started on whatever the routing table says later.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 # connection, so a fast uploader cannot make the proxy buffer a whole body.
 PENDING_BODY_LIMIT = 256 * 1024
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Connection attempts in progress, referenced so that they are not garbage-collected.
+_connecting: set[asyncio.Task[None]] = set()
 
 # Reasons a client connection stops reading, as bits of one mask.
 BLOCK_UPSTREAM_BUSY = 1
@@ -118,7 +122,7 @@ class Exchange:
             self._attach(conn)
         else:
             self.conn_reused = False
-            self.client.loop.create_task(self._connect(pool))
+            self._connect_in_background(pool)
 
     def request_body(self, data: bytes) -> None:
         """Forward a piece of the request body, framing it again when chunked."""
@@ -151,12 +155,17 @@ class Exchange:
             self.pending.append(data)
 
     def waiting_for_client(self) -> bool:
-        """Say whether progress waits on the client (slow upload, or slow reading of ours)."""
-        return (not self.request_complete and not self.response_started) or bool(
-            self.client.transport is not None
-            and self.client.transport.get_write_buffer_size() > 0
-            and self.client.writing_paused
-        )
+        """Say whether progress waits on the client (slow upload, or slow reading of ours).
+
+        An upload counts as the client's delay only while everything it sent has reached the
+        upstream; an upstream that stops reading the body is stalled like one that stops
+        answering.
+        """
+        if not self.request_complete and not self.response_started:
+            conn = self.conn
+            transport = conn.transport if conn is not None else None
+            return transport is None or transport.get_write_buffer_size() == 0
+        return self.client.writing_paused
 
     def cancel(self, status: int) -> None:
         """Abandon the request (the client sent something invalid); count it as `status`."""
@@ -286,7 +295,7 @@ class Exchange:
             log.debug("retrying on a new connection colour=%s after=%s", self.route.colour, kind)
             assert self.pool is not None
             self.conn_reused = False
-            self.client.loop.create_task(self._connect(self.pool))
+            self._connect_in_background(self.pool)
             return
         stats.upstream_error(self.route.colour, kind)
         log.warning(
@@ -308,6 +317,12 @@ class Exchange:
         self.client.close()
 
     # --- internals --------------------------------------------------------------------------
+
+    def _connect_in_background(self, pool: UpstreamPool) -> None:
+        # The event loop keeps only a weak reference to tasks: hold this one until it is done.
+        task = self.client.loop.create_task(self._connect(pool))
+        _connecting.add(task)
+        task.add_done_callback(_connecting.discard)
 
     async def _connect(self, pool: UpstreamPool) -> None:
         timeout = self.table.timeouts.connect

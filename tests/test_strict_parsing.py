@@ -106,3 +106,13 @@ async def test_forwarded_chunked_request_is_one_well_formed_request(
     assert body == b"abcde"
     assert isinstance(event, h11.EndOfMessage)
     assert server.next_event() is h11.NEED_DATA  # nothing smuggled behind it
+
+
+async def test_oversized_request_head_gets_431(
+    recorded: tuple[RunningProxy, RecordingUpstream],
+) -> None:
+    proxy, upstream = recorded
+    filler = b"X-Filler: " + b"f" * 1000 + b"\r\n"
+    raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + filler * 80)
+    assert raw.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert upstream.received == b""

@@ -196,3 +196,24 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
         assert connections >= 3
     finally:
         await proxy.server.shutdown(0.5)
+
+
+async def test_oversized_response_head_becomes_502(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(100):
+            writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(endless_head))
+    try:
+        raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
+        assert b"response head larger than 64 KiB" in raw
+    finally:
+        await proxy.server.shutdown(0.5)
