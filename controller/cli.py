@@ -13,10 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from kubernetes_asyncio.config import ConfigException
+
+from controller.cluster_ops import OperationError, read_status, switch_colour
 from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
 from controller.file_source import load_config_file, write_active
-from controller.process import Endpoint, ProxyProcess, ShutdownSettings
+from controller.kube import ConfigMapRef, KubeError
+from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
 from controller.tuning import run_event_loop, tune_malloc
 
 EXIT_OK = 0
@@ -38,6 +42,26 @@ def _endpoint(text: str) -> Endpoint:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _configmap(text: str) -> ConfigMapRef:
+    try:
+        return ConfigMapRef.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="local YAML config file")
+    source.add_argument(
+        "--configmap", type=_configmap, metavar="NAMESPACE/NAME", help="ConfigMap in a cluster"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: in-cluster in a pod, else the current context)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -49,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve the proxy from a config file")
-    run.add_argument("--config", type=Path, required=True, help="local YAML config file")
+    run = sub.add_parser("run", help="serve the proxy from a config file or a ConfigMap")
+    _add_source_arguments(run)
     run.add_argument("--listen", type=_endpoint, default=Endpoint("0.0.0.0", 8080))
     run.add_argument("--admin-listen", type=_endpoint, default=Endpoint("0.0.0.0", 9090))
     run.add_argument(
@@ -79,10 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     switch = sub.add_parser("switch", help="make COLOUR the active colour")
     switch.add_argument("colour")
-    switch.add_argument("--config", type=Path, required=True, help="local YAML config file")
+    _add_source_arguments(switch)
+
+    rollback = sub.add_parser("rollback", help="switch back to the previous colour (ConfigMap)")
+    _add_source_arguments(rollback)
 
     status = sub.add_parser("status", help="show the active colour and upstreams")
-    status.add_argument("--config", type=Path, required=True, help="local YAML config file")
+    _add_source_arguments(status)
     status.add_argument(
         "--admin",
         help="admin URL of a running proxy (e.g. http://127.0.0.1:9090) for live state",
@@ -102,8 +129,9 @@ def _configure_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the proxy until SIGTERM."""
     tune_malloc()
+    source = args.config or ConfigMapSpec(args.configmap, args.kubeconfig)
     process = ProxyProcess(
-        args.config,
+        source,
         args.listen,
         args.admin_listen,
         ShutdownSettings(delay=args.shutdown_delay, grace=args.shutdown_grace),
@@ -150,8 +178,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cluster_switch(args: argparse.Namespace, colour: str | None, reason: str) -> int:
+    try:
+        result = run_event_loop(
+            switch_colour(args.configmap, args.kubeconfig, colour, reason=reason)
+        )
+    except OperationError as error:
+        print(f"bluegreen: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KubeError, OSError, ConfigException) as error:
+        print(f"bluegreen: cannot reach ConfigMap {args.configmap}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not result.changed:
+        print(f"{result.current} is already active; nothing changed")
+    else:
+        print(
+            f"switched {result.previous} -> {result.current} in ConfigMap {args.configmap} "
+            f"(resourceVersion {result.resource_version})"
+        )
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Switch back to the colour recorded as previous in the ConfigMap."""
+    if args.configmap is None:
+        print(
+            "bluegreen: rollback reads the previous colour from the ConfigMap's annotations; "
+            "with a local file, run `bluegreen switch COLOUR --config FILE`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return _cluster_switch(args, None, "rollback: manual")
+
+
 def cmd_switch(args: argparse.Namespace) -> int:
-    """Rewrite `active` in the config file; a running proxy picks it up within 100 ms."""
+    """Rewrite `active` in the config file or the ConfigMap."""
+    if args.configmap is not None:
+        return _cluster_switch(args, args.colour, "manual")
     try:
         previous, current = write_active(args.config, args.colour)
     except ConfigError as error:
@@ -174,8 +237,35 @@ def _fetch_status(admin: str) -> dict[str, Any]:
     return document
 
 
+def _cluster_status(args: argparse.Namespace) -> int:
+    try:
+        document = run_event_loop(read_status(args.configmap, args.kubeconfig))
+    except (KubeError, OSError, ConfigException) as error:
+        print(f"bluegreen: cannot read ConfigMap {args.configmap}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.output == "json":
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"configmap     {document['configmap']} (resourceVersion {document['config_version']})")
+    print(f"active        {document['active']}")
+    for colour, url in document["upstreams"].items():
+        print(f"  {colour:<12}{url}")
+    if not document["valid"]:
+        print(f"INVALID: the proxies keep their last good config.\n{document['error']}")
+    for record in document["switches"][:5]:
+        print(
+            f"  {record.get('at')}  {record.get('from')} -> {record.get('to')}  "
+            f"({record.get('reason')}, by {record.get('by')})"
+        )
+    for event in document["events"][-5:]:
+        print(f"  event {event['at']} {event['reason']}: {event['message']}")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the config file's state and, with --admin, the running proxy's."""
+    """Show the config's state (file or ConfigMap) and, with --admin, the running proxy's."""
+    if args.configmap is not None:
+        return _cluster_status(args)
     try:
         config = load_config_file(args.config)
     except ConfigError as error:
@@ -214,6 +304,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "validate": cmd_validate,
     "switch": cmd_switch,
+    "rollback": cmd_rollback,
     "status": cmd_status,
 }
 

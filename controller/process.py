@@ -15,7 +15,9 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.config import Config, ConfigError
+from controller.configmap_source import ConfigMapSource
 from controller.file_source import FileSource
+from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from controller.state import ControlState
 from proxy.admin import build_admin_app
 from proxy.metrics import ControlMetrics, TrafficStats, build_registry
@@ -49,26 +51,39 @@ class ShutdownSettings:
     grace: float = 25.0  # how long in-flight requests may take to finish
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigMapSpec:
+    """Where the config lives in a cluster, and how to reach the API server."""
+
+    ref: ConfigMapRef
+    kubeconfig: Path | None = None
+
+
 class ProxyProcess:
-    """One running proxy fed by a local config file."""
+    """One running proxy fed by a local config file or a ConfigMap."""
 
     def __init__(
         self,
-        config_path: Path,
+        config: Path | ConfigMapSpec,
         listen: Endpoint,
         admin_listen: Endpoint,
         shutdown: ShutdownSettings | None = None,
         server_settings: ServerSettings | None = None,
     ) -> None:
-        self.config_path = config_path
+        self.config = config
         self.listen = listen
         self.admin_listen = admin_listen
         self.shutdown_settings = shutdown or ShutdownSettings()
         self.server_settings = server_settings
         self.stats = TrafficStats()
         self.registry, self.metrics = build_registry(self.stats)
-        self.state = ControlState(source=f"file:{config_path}")
+        self.state = ControlState(
+            source=f"configmap:{config.ref}"
+            if isinstance(config, ConfigMapSpec)
+            else f"file:{config}"
+        )
         self.server: ProxyServer | None = None
+        self.source: FileSource | ConfigMapSource | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.proxy_port = 0
@@ -106,10 +121,18 @@ class ProxyProcess:
         Raises ConfigError when the file is invalid at start: the process never runs on a
         half-valid config.
         """
-        source = FileSource(self.config_path, self.apply, self.reject)
-        config, version = await source.load_initial()
         self.server = ProxyServer(self.stats, settings=self.server_settings)
-        self.apply(config, version)
+        api = None
+        source: FileSource | ConfigMapSource
+        if isinstance(self.config, ConfigMapSpec):
+            # Until the first valid version arrives the proxy answers 503 and /readyz fails.
+            api = await load_api_client(self.config.kubeconfig)
+            source = ConfigMapSource(KubeClient(api, self.config.ref), self.apply, self.reject)
+        else:
+            source = FileSource(self.config, self.apply, self.reject)
+            config, version = await source.load_initial()
+            self.apply(config, version)
+        self.source = source
         admin_runner = web.AppRunner(
             build_admin_app(
                 self.registry,
@@ -124,21 +147,23 @@ class ProxyProcess:
         self.admin_port = _bound_port(admin_site)
         listener = await self.server.listen(self.listen.host, self.listen.port)
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
-        watch = asyncio.create_task(source.run(), name="config-file-watch")
+        watch = asyncio.create_task(source.run(), name="config-source")
         self._install_signal_handlers()
         log.info(
-            "serving proxy=%s:%d admin=%s:%d config=%s",
+            "serving proxy=%s:%d admin=%s:%d source=%s",
             self.listen.host,
             self.proxy_port,
             self.admin_listen.host,
             self.admin_port,
-            self.config_path,
+            self.state.source,
         )
         self.ready.set()
         try:
             await self.stopping.wait()
         finally:
             await self._shutdown(watch, admin_runner)
+            if api is not None:
+                await api.close()
 
     def stop(self) -> None:
         """Ask the process to shut down (what SIGTERM does)."""

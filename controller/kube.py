@@ -1,0 +1,272 @@
+"""The one module that talks to the Kubernetes API: the ConfigMap, its watch, and Events.
+
+API errors map to a few named exceptions (chained with `from`), so callers decide on meaning
+(conflict, gone, not found) instead of status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.rest import ApiException
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+# Server-side end of each watch; the source resumes from the last resourceVersion it saw.
+WATCH_TIMEOUT_SECONDS = 240
+
+
+class KubeError(Exception):
+    """The API server refused or failed a request."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConflictError(KubeError):
+    """409: the object changed since it was read, or already exists."""
+
+
+class NotFoundError(KubeError):
+    """404: the object does not exist."""
+
+
+class GoneError(KubeError):
+    """410: the resourceVersion to watch from is too old; list again."""
+
+
+class ForbiddenError(KubeError):
+    """403: the service account lacks a permission (see deploy/'s Role)."""
+
+
+def _translate(error: ApiException, what: str) -> KubeError:
+    status = int(error.status or 0)
+    message = f"{what}: {status} {error.reason}".strip()
+    kinds: dict[int, type[KubeError]] = {
+        403: ForbiddenError,
+        404: NotFoundError,
+        409: ConflictError,
+        410: GoneError,
+    }
+    return kinds.get(status, KubeError)(message, status)
+
+
+_REF = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapRef:
+    """Which ConfigMap holds the config: NAMESPACE/NAME."""
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> ConfigMapRef:
+        """Parse `NAMESPACE/NAME`, raising ValueError with an example when malformed."""
+        match = _REF.match(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not NAMESPACE/NAME of a ConfigMap (for example default/bluegreen)"
+            )
+        return cls(match.group(1), match.group(3))
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapVersion:
+    """One version of the ConfigMap as the API server stored it."""
+
+    data: Mapping[str, str]
+    resource_version: str
+    uid: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One event of a ConfigMap watch; `version` is None for bookmarks and deletions."""
+
+    kind: str  # ADDED, MODIFIED, DELETED or BOOKMARK
+    resource_version: str
+    version: ConfigMapVersion | None
+
+
+async def load_api_client(kubeconfig: Path | None) -> client.ApiClient:
+    """Create an API client: from `kubeconfig`, in-cluster in a pod, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def _version(raw: Mapping[str, Any]) -> ConfigMapVersion:
+    metadata = raw.get("metadata") or {}
+    return ConfigMapVersion(
+        data=dict(raw.get("data") or {}),
+        resource_version=str(metadata.get("resourceVersion", "")),
+        uid=str(metadata.get("uid", "")),
+        annotations=dict(metadata.get("annotations") or {}),
+    )
+
+
+class KubeClient:
+    """ConfigMap reads, watches and patches, and Events, for one ConfigMap."""
+
+    def __init__(self, api: client.ApiClient, ref: ConfigMapRef) -> None:
+        self.api = api
+        self.ref = ref
+        self.core = client.CoreV1Api(api)
+
+    async def read(self) -> ConfigMapVersion:
+        """Read the ConfigMap now."""
+        try:
+            raw: Any = await self.core.read_namespaced_config_map(
+                self.ref.name, self.ref.namespace, _preload_content=False
+            )
+            return _version(await raw.json())
+        except ApiException as error:
+            raise _translate(error, f"reading ConfigMap {self.ref}") from error
+
+    async def list_one(self) -> tuple[ConfigMapVersion | None, str]:
+        """List the one ConfigMap; return it (None if absent) and the list's resourceVersion."""
+        try:
+            raw: Any = await self.core.list_namespaced_config_map(
+                self.ref.namespace,
+                field_selector=f"metadata.name={self.ref.name}",
+                _preload_content=False,
+            )
+            listing = await raw.json()
+        except ApiException as error:
+            raise _translate(error, f"listing ConfigMap {self.ref}") from error
+        items = listing.get("items") or []
+        resource_version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        return (_version(items[0]) if items else None), resource_version
+
+    async def watch(self, resource_version: str) -> AsyncIterator[WatchEvent]:
+        """Watch the ConfigMap from `resource_version` until the server ends the watch.
+
+        Raises GoneError when that version is too old (410), KubeError on other API errors.
+        """
+        stream = watch.Watch()
+        try:
+            async with stream.stream(
+                self.core.list_namespaced_config_map,
+                self.ref.namespace,
+                field_selector=f"metadata.name={self.ref.name}",
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_TIMEOUT_SECONDS,
+            ) as events:
+                async for event in events:
+                    kind = str(event["type"])
+                    raw = event["raw_object"]
+                    version = _version(raw)
+                    yield WatchEvent(
+                        kind,
+                        version.resource_version,
+                        version if kind in ("ADDED", "MODIFIED") else None,
+                    )
+        except ApiException as error:
+            raise _translate(error, f"watching ConfigMap {self.ref}") from error
+
+    async def patch(
+        self,
+        resource_version: str,
+        data: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> ConfigMapVersion:
+        """Merge-patch data keys and annotations, only if the ConfigMap is still at that version.
+
+        The resourceVersion in the patch makes the API server refuse it with 409 when anything
+        wrote in between, so of several writers deciding on the same version exactly one wins.
+        """
+        metadata: dict[str, Any] = {"resourceVersion": resource_version}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        body: dict[str, Any] = {"metadata": metadata}
+        if data:
+            body["data"] = dict(data)
+        try:
+            raw: Any = await self.core.patch_namespaced_config_map(
+                self.ref.name,
+                self.ref.namespace,
+                body,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]  # accepted, not in the stubs
+                _preload_content=False,
+            )
+            return _version(await raw.json())
+        except ApiException as error:
+            raise _translate(error, f"patching ConfigMap {self.ref}") from error
+
+    async def event(
+        self, version: ConfigMapVersion, reason: str, message: str, *, warning: bool = False
+    ) -> bool:
+        """Record an Event on the ConfigMap, once per ConfigMap version and reason.
+
+        The name is derived from the ConfigMap's name, resourceVersion and reason, so when every
+        replica reports the same version, the first create wins and the rest get 409 and return
+        False.
+        """
+        now = datetime.now(UTC)
+        name = f"{self.ref.name}.{version.resource_version}.{reason.lower()}"
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=name, namespace=self.ref.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="v1",
+                kind="ConfigMap",
+                name=self.ref.name,
+                namespace=self.ref.namespace,
+                uid=version.uid or None,
+                resource_version=version.resource_version,
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=client.V1EventSource(component="bluegreen"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self.core.create_namespaced_event(self.ref.namespace, body)
+        except ApiException as error:
+            translated = _translate(error, f"creating Event {name}")
+            if isinstance(translated, ConflictError):
+                return False
+            raise translated from error
+        return True
+
+    async def events(self) -> list[dict[str, Any]]:
+        """List the Events about this ConfigMap, oldest first (for `status` and tests)."""
+        try:
+            raw: Any = await self.core.list_namespaced_event(
+                self.ref.namespace,
+                field_selector=(
+                    f"involvedObject.kind=ConfigMap,involvedObject.name={self.ref.name}"
+                ),
+                _preload_content=False,
+            )
+            listing = await raw.json()
+        except ApiException as error:
+            raise _translate(error, f"listing Events of {self.ref}") from error
+        items: list[dict[str, Any]] = listing.get("items") or []
+        return sorted(items, key=lambda e: str(e.get("metadata", {}).get("creationTimestamp")))
