@@ -49,16 +49,34 @@ class ForbiddenError(KubeError):
     """403: the service account lacks a permission (see deploy/'s Role)."""
 
 
+_ERRORS: dict[int, type[KubeError]] = {
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+}
+
+
+def _error(status: int, reason: str, what: str) -> KubeError:
+    return _ERRORS.get(status, KubeError)(f"{what}: {status} {reason}".strip(), status)
+
+
 def _translate(error: ApiException, what: str) -> KubeError:
-    status = int(error.status or 0)
-    message = f"{what}: {status} {error.reason}".strip()
-    kinds: dict[int, type[KubeError]] = {
-        403: ForbiddenError,
-        404: NotFoundError,
-        409: ConflictError,
-        410: GoneError,
-    }
-    return kinds.get(status, KubeError)(message, status)
+    return _error(int(error.status or 0), str(error.reason or ""), what)
+
+
+async def _json(response: Any, what: str) -> dict[str, Any]:
+    """Read a raw (not preloaded) response, raising the named error for a non-2xx status.
+
+    With `_preload_content=False` the client returns error responses instead of raising.
+    """
+    try:
+        body: dict[str, Any] = await response.json(content_type=None)
+    finally:
+        response.release()
+    if not 200 <= response.status <= 299:
+        raise _error(response.status, str(body.get("message") or response.reason), what)
+    return body
 
 
 _REF = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$")
@@ -142,9 +160,9 @@ class KubeClient:
             raw: Any = await self.core.read_namespaced_config_map(
                 self.ref.name, self.ref.namespace, _preload_content=False
             )
-            return _version(await raw.json())
         except ApiException as error:
             raise _translate(error, f"reading ConfigMap {self.ref}") from error
+        return _version(await _json(raw, f"reading ConfigMap {self.ref}"))
 
     async def list_one(self) -> tuple[ConfigMapVersion | None, str]:
         """List the one ConfigMap; return it (None if absent) and the list's resourceVersion."""
@@ -154,9 +172,9 @@ class KubeClient:
                 field_selector=f"metadata.name={self.ref.name}",
                 _preload_content=False,
             )
-            listing = await raw.json()
         except ApiException as error:
             raise _translate(error, f"listing ConfigMap {self.ref}") from error
+        listing = await _json(raw, f"listing ConfigMap {self.ref}")
         items = listing.get("items") or []
         resource_version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
         return (_version(items[0]) if items else None), resource_version
@@ -213,9 +231,9 @@ class KubeClient:
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]  # accepted, not in the stubs
                 _preload_content=False,
             )
-            return _version(await raw.json())
         except ApiException as error:
             raise _translate(error, f"patching ConfigMap {self.ref}") from error
+        return _version(await _json(raw, f"patching ConfigMap {self.ref}"))
 
     async def event(
         self, version: ConfigMapVersion, reason: str, message: str, *, warning: bool = False
@@ -265,8 +283,8 @@ class KubeClient:
                 ),
                 _preload_content=False,
             )
-            listing = await raw.json()
         except ApiException as error:
             raise _translate(error, f"listing Events of {self.ref}") from error
+        listing = await _json(raw, f"listing Events of {self.ref}")
         items: list[dict[str, Any]] = listing.get("items") or []
         return sorted(items, key=lambda e: str(e.get("metadata", {}).get("creationTimestamp")))
