@@ -182,6 +182,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.informational_response(head)
             return
         self.informational = False
+        if not self.parser.should_keep_alive():
+            # `Connection: close`, or an HTTP/1.0 upstream: this connection ends with the response.
+            self.reusable = False
         self.head_buf = b""
         self.remaining = head.content_length
         self.chunked = head.chunked

@@ -217,3 +217,33 @@ async def test_oversized_response_head_becomes_502(
         assert b"response head larger than 64 KiB" in raw
     finally:
         await proxy.server.shutdown(0.5)
+
+
+async def test_upstream_connection_close_is_honoured(
+    raw_upstream: Callable[[Handler], Awaitable[int]],
+) -> None:
+    connections = 0
+
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers one request per connection and says so, as HTTP/1.0-era servers do.
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # closes late, so a pool ignoring "close" would reuse it
+        writer.close()
+
+    proxy = await proxy_to(await raw_upstream(one_shot))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                # POST with a body: never retried, so a reused dead connection would be a 502.
+                async with session.post(proxy.url + "/", data=b"payload") as response:
+                    assert response.status == 200
+                    assert await response.text() == "ok"
+        assert connections == 3
+    finally:
+        await proxy.server.shutdown(0.5)
