@@ -292,6 +292,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     running = document.get("running")
     if running is not None:
         print(f"running proxy active={running['active']} version={running['config_version']}")
+        for colour, detail in running.get("colours", {}).items():
+            why = f" ({detail['health_error']})" if detail.get("health_error") else ""
+            print(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
         if running.get("last_error"):
             print(f"last rejected config: {running['last_error']}")
         for record in running.get("switches", [])[:5]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource
 from controller.file_source import FileSource
+from controller.health import Health, HealthChecker, HealthState
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from controller.state import ControlState
 from proxy.admin import build_admin_app
@@ -84,6 +85,8 @@ class ProxyProcess:
         )
         self.server: ProxyServer | None = None
         self.source: FileSource | ConfigMapSource | None = None
+        self.health = HealthChecker(on_change=self._health_changed)
+        self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.proxy_port = 0
@@ -94,6 +97,9 @@ class ProxyProcess:
         table = config.to_routing_table(version)
         assert self.server is not None
         self.server.swap_table(table)
+        self.health.update(config)
+        for gone in set(self._health_shown) - set(table.colours):
+            self._show_health(gone, Health.UNKNOWN)
         record = self.state.accepted(table)
         _count_accepted(self.metrics, table.colours, table.active)
         if record is not None:
@@ -107,6 +113,26 @@ class ProxyProcess:
             )
         else:
             log.info("config applied version=%s active=%s", version, table.active)
+
+    def health_of(self, colour: str) -> tuple[str, str | None]:
+        """Return a colour's health and the last probe error, for /status."""
+        state = self.health.states.get(colour)
+        if state is None:
+            return Health.UNKNOWN.value, None
+        return state.health.value, state.last_error
+
+    def _health_changed(self, colour: str, before: HealthState, after: HealthState) -> None:
+        self._show_health(colour, after.health)
+
+    def _show_health(self, colour: str, health: Health) -> None:
+        gauge = self.metrics.upstream_healthy
+        if health is Health.UNKNOWN:
+            if colour in self._health_shown:
+                gauge.remove(colour)
+                self._health_shown.discard(colour)
+            return
+        gauge.labels(colour).set(1 if health is Health.HEALTHY else 0)
+        self._health_shown.add(colour)
 
     def reject(self, error: ConfigError) -> None:
         """Keep the last good table and report why this version was refused."""
@@ -136,7 +162,7 @@ class ProxyProcess:
         admin_runner = web.AppRunner(
             build_admin_app(
                 self.registry,
-                lambda: self.state.snapshot(self.stats),
+                lambda: self.state.snapshot(self.stats, self.health_of),
                 self.state.readiness,
             ),
             access_log=None,
@@ -176,6 +202,7 @@ class ProxyProcess:
         if settings.delay > 0:
             await asyncio.sleep(settings.delay)
         watch.cancel()
+        await self.health.close()
         if self.server is not None:
             await self.server.shutdown(settings.grace)
         await admin_runner.cleanup()

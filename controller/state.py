@@ -6,6 +6,7 @@ Pure bookkeeping with no I/O, shared by the admin `/status` endpoint, the CLI an
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,17 +87,21 @@ class ControlState:
             return False, "no valid config loaded yet"
         return True, f"ready: active={self.table.active} version={self.table.version}"
 
-    def snapshot(self, stats: TrafficStats | None = None) -> dict[str, Any]:
-        """Return the `/status` JSON document."""
+    def snapshot(
+        self,
+        stats: TrafficStats | None = None,
+        health: Callable[[str], tuple[str, str | None]] | None = None,
+    ) -> dict[str, Any]:
+        """Return the `/status` JSON document; `health` gives (state, last error) per colour."""
         table = self.table
         colours: dict[str, dict[str, Any]] = {}
         if table is not None:
             for colour, upstream in table.upstreams.items():
+                state, error = health(colour) if health is not None else ("unknown", None)
                 colours[colour] = {
                     "upstream": upstream.url,
-                    # Active health checks arrive with the health issue; until then no check
-                    # runs, and "unknown" says exactly that.
-                    "health": "unknown",
+                    "health": state,
+                    "health_error": error,
                     "requests": stats.request_count(colour) if stats is not None else 0,
                 }
         return {

@@ -191,6 +191,13 @@ class ControlMetrics:
             "Unix time of the last accepted config.",
             registry=registry,
         )
+        self.upstream_healthy = Gauge(
+            "bluegreen_upstream_healthy",
+            "1 when a colour passes its active health checks, 0 when it fails them; "
+            "absent while unknown.",
+            ("colour",),
+            registry=registry,
+        )
         for result in ("accepted", "rejected"):
             self.config_reloads.labels(result)
 
