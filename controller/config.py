@@ -12,6 +12,8 @@ Keys, with their defaults (durations take a unit: `500ms`, `2s`, `5m`, `1h`, or 
     preview.token             (empty)    when set, the header's value must equal it
     preview.trustedCIDRs      (empty)    comma-separated networks allowed to use preview
     preview.colour            (see below) the colour preview traffic goes to
+    forwarded.trustedCIDRs    (empty)    peers whose X-Forwarded-For is kept (a load balancer
+                                         in front); from anyone else it is replaced by the peer
     health.path               /healthz   probed on every colour
     health.interval           2s         between probes; health.timeout must be shorter
     health.timeout            1s
@@ -105,6 +107,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "preview.token",
     "preview.trustedCIDRs",
     "preview.colour",
+    "forwarded.trustedCIDRs",
     "health.path",
     "health.interval",
     "health.timeout",
@@ -176,6 +179,7 @@ class Config:
     preview_token: str | None = None
     preview_trusted_cidrs: tuple[IPNetwork, ...] = ()
     preview_colour: str | None = None
+    forwarded_trusted_cidrs: tuple[IPNetwork, ...] = ()
     health_path: str = "/healthz"
     health_interval: float = 2.0
     health_timeout: float = 1.0
@@ -229,6 +233,7 @@ class Config:
                 connect=self.connect_timeout, read=self.read_timeout, drain=self.drain_timeout
             ),
             pool=PoolSettings(max_idle=self.pool_max_idle, idle_timeout=self.pool_idle_timeout),
+            forwarded_trusted=self.forwarded_trusted_cidrs,
         )
 
 
@@ -281,6 +286,7 @@ def parse_config(data: Mapping[str, object]) -> Config:
         preview_header=read.value("preview.header", _parse_header, DEFAULT_PREVIEW_HEADER),
         preview_token=read.value("preview.token", _parse_token, None),
         preview_trusted_cidrs=read.value("preview.trustedCIDRs", _parse_cidrs, ()),
+        forwarded_trusted_cidrs=read.value("forwarded.trustedCIDRs", _parse_cidrs, ()),
         preview_colour=_check_member(
             "preview.colour", settings.get("preview.colour"), colours, problems, required=False
         ),
@@ -443,7 +449,7 @@ def _as_text(key: str, value: object, problems: list[str]) -> str | None:
     elif isinstance(value, list | tuple):
         hint = (
             "join the networks with commas in one string, e.g. '10.0.0.0/8, fd00::/8'"
-            if key == "preview.trustedCIDRs"
+            if key.endswith(".trustedCIDRs")
             else "give a single text value"
         )
         problems.append(f"{key}: is a list; {hint}")

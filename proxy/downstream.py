@@ -182,6 +182,8 @@ class ClientConnection(asyncio.Protocol):
             peer=self.peer,
             preview_header=table.preview_header,
             upgrade=upgrade,
+            trust_forwarded_for=bool(table.forwarded_trusted)
+            and table.trusts_forwarded_for(self.peer_ip),
         )
         route = table.choose(request.preview_value, self.peer_ip)
         chunked = request.chunked

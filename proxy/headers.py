@@ -83,12 +83,15 @@ def build_upstream_request(
     peer: bytes | None,
     preview_header: bytes,
     upgrade: bool,
+    trust_forwarded_for: bool = False,
 ) -> UpstreamRequest:
     """Build the request head sent upstream, in one pass over the client's fields.
 
     The head is HTTP/1.1 with keep-alive (the upstream pool reuses connections whatever the
     client's version). The preview header and hop-by-hop fields are removed, X-Forwarded-For gets
-    the peer appended, X-Forwarded-Proto and X-Forwarded-Host are set. The body's framing is the
+    the peer appended (the client's own value is kept only with `trust_forwarded_for`, when the
+    peer is a trusted load balancer: anyone else could forge it), X-Forwarded-Proto and
+    X-Forwarded-Host are set. The body's framing is the
     proxy's own: Content-Length is kept, chunked is declared again. For an upgrade the `Upgrade`
     field and `Connection: upgrade` are kept, since they are the point of the request.
 
@@ -122,7 +125,8 @@ def build_upstream_request(
         elif kind == _TRANSFER:
             chunked = True  # llhttp accepts only a final "chunked", and never with a length
         elif kind == _FORWARDED_FOR:
-            forwarded_for.append(value)
+            if trust_forwarded_for:
+                forwarded_for.append(value)
         elif kind == _UPGRADE:
             upgrade_value = value
         elif kind == _CONNECTION:
@@ -143,6 +147,7 @@ def build_upstream_request(
             peer=peer,
             preview_header=preview_header,
             upgrade=upgrade,
+            trust_forwarded_for=trust_forwarded_for,
         )
     if peer is not None:
         forwarded_for.append(peer)

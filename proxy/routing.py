@@ -53,15 +53,20 @@ class PreviewPolicy:
             return False
         if not self.trusted_networks:
             return True
-        if peer_ip is None:
-            return False
-        try:
-            address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.trusted_networks)
+        return _in_networks(peer_ip, self.trusted_networks)
+
+
+def _in_networks(peer_ip: str | None, networks: tuple[IPNetwork, ...]) -> bool:
+    """Say whether a peer address lies in one of `networks` (IPv4-mapped IPv6 counts as IPv4)."""
+    if peer_ip is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,8 @@ class RoutingTable:
     preview: PreviewPolicy = field(default_factory=PreviewPolicy)
     timeouts: ProxyTimeouts = field(default_factory=ProxyTimeouts)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    # Peers (a load balancer in front) whose incoming X-Forwarded-For is kept and appended to.
+    forwarded_trusted: tuple[IPNetwork, ...] = ()
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)
@@ -133,6 +140,10 @@ class RoutingTable:
     def colours(self) -> tuple[str, ...]:
         """Every configured colour, in config order."""
         return tuple(self.upstreams)
+
+    def trusts_forwarded_for(self, peer_ip: str | None) -> bool:
+        """Say whether the X-Forwarded-For that `peer_ip` sent may be kept."""
+        return bool(self.forwarded_trusted) and _in_networks(peer_ip, self.forwarded_trusted)
 
     def choose(self, preview_value: bytes | None, peer_ip: str | None) -> Route:
         """Route one request: live to the active colour, allowed preview to the idle colour.

@@ -650,3 +650,13 @@ def test_with_active_result_parses_to_the_same_config_but_active() -> None:
     after: Any = yaml.safe_load(with_active(text, "green"))
     assert after == {**before, "active": "green"}
     assert parse_config(after).active == "green"
+
+
+def test_forwarded_trusted_cidrs_reach_the_routing_table() -> None:
+    config = parse_config({**BASE, "forwarded.trustedCIDRs": "10.0.0.0/8, fd00::/8"})
+    table = config.to_routing_table("v1")
+    assert [str(n) for n in table.forwarded_trusted] == ["10.0.0.0/8", "fd00::/8"]
+    assert table.trusts_forwarded_for("10.1.2.3")
+    assert not table.trusts_forwarded_for("192.0.2.1")
+    with pytest.raises(ConfigError, match=r"forwarded\.trustedCIDRs"):
+        parse_config({**BASE, "forwarded.trustedCIDRs": "10.0.0.1/8"})

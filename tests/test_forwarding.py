@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import h11
 
-from proxy.routing import PreviewPolicy
+from proxy.routing import PreviewPolicy, RoutingTable
 from tests.conftest import ColourApp, RunningProxy, TableFactory, raw_exchange
 
 PREVIEW = "X-Bluegreen-Preview"
@@ -72,10 +72,22 @@ async def test_preview_only_from_trusted_networks(
     assert (await get(proxy.url + "/", {PREVIEW: "1"}))[1] == "green"
 
 
-async def test_forwarded_headers_are_set(proxy: RunningProxy) -> None:
-    _, _, body = await get(
-        proxy.url + "/headers", {"X-Forwarded-For": "203.0.113.7", "Host": "shop.example"}
+async def test_forwarded_headers_are_set(proxy: RunningProxy, make_table: TableFactory) -> None:
+    sent = {"X-Forwarded-For": "203.0.113.7", "Host": "shop.example"}
+    _, _, body = await get(proxy.url + "/headers", sent)
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    # From an untrusted peer a client's own X-Forwarded-For is a forgery: replaced by the peer.
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    trusted = make_table()
+    trusted = RoutingTable(
+        "v2",
+        trusted.active,
+        trusted.idle,
+        trusted.upstreams,
+        forwarded_trusted=(ipaddress.ip_network("127.0.0.0/8"),),
     )
+    proxy.server.swap_table(trusted)
+    _, _, body = await get(proxy.url + "/headers", sent)
     headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
     assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"

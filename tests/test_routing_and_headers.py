@@ -74,7 +74,9 @@ def test_table_is_immutable() -> None:
         table.upstreams["red"] = UPSTREAMS["blue"]  # type: ignore[index]
 
 
-def upstream_head(headers: list[tuple[bytes, bytes]], *, upgrade: bool = False) -> bytes:
+def upstream_head(
+    headers: list[tuple[bytes, bytes]], *, upgrade: bool = False, trusted: bool = True
+) -> bytes:
     request = build_upstream_request(
         b"GET",
         b"/p?q=1",
@@ -82,6 +84,7 @@ def upstream_head(headers: list[tuple[bytes, bytes]], *, upgrade: bool = False) 
         peer=b"192.0.2.1",
         preview_header=b"x-bluegreen-preview",
         upgrade=upgrade,
+        trust_forwarded_for=trusted,
     )
     return request.head
 
@@ -104,6 +107,15 @@ def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
         b"X-Forwarded-For: 203.0.113.9, 192.0.2.1\r\n"
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop\r\n\r\n"
     )
+
+
+def test_untrusted_forwarded_for_is_replaced_by_the_peer() -> None:
+    head = upstream_head(
+        [(b"Host", b"h"), (b"X-Forwarded-For", b"10.9.9.9"), (b"x-forwarded-for", b"1.1.1.1")],
+        trusted=False,
+    )
+    assert b"X-Forwarded-For: 192.0.2.1\r\n" in head
+    assert b"10.9.9.9" not in head and b"1.1.1.1" not in head
 
 
 def test_upgrade_keeps_upgrade_fields_and_chunked_body_is_declared() -> None:
