@@ -15,7 +15,7 @@ import pytest
 
 from proxy.metrics import TrafficStats
 from proxy.routing import RoutingTable, Upstream
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, ServerSettings
 from tests.conftest import RunningProxy, raw_exchange
 
 SMUGGLING = [
@@ -116,3 +116,46 @@ async def test_oversized_request_head_gets_431(
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + filler * 80)
     assert raw.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     assert upstream.received == b""
+
+
+async def test_slow_request_head_gets_408_within_the_deadline(
+    recorded: tuple[RunningProxy, RecordingUpstream],
+) -> None:
+    """Slowloris: one byte at a time never completes a head; the proxy answers 408 and closes."""
+    _, upstream = recorded
+    server = ProxyServer(
+        TrafficStats(),
+        recorded[0].server.table,
+        ServerSettings(head_timeout=0.5, keepalive_timeout=0.5, sweep_interval=0.1),
+    )
+    listener = await server.listen("127.0.0.1", 0)
+    port = int(listener.sockets[0].getsockname()[1])
+    loop = asyncio.get_running_loop()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = loop.time()
+        answer = b""
+        for byte in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"z" * 100:
+            writer.write(bytes([byte]))
+            try:
+                answer = await asyncio.wait_for(reader.read(4096), 0.05)
+            except TimeoutError:
+                continue
+            break
+        elapsed = loop.time() - started
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert await reader.read() == b""  # and the connection is closed
+        assert 0.5 <= elapsed < 1.5
+        writer.close()
+
+        # An idle keep-alive connection is closed after keepalive_timeout.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert loop.time() - started < 1.5
+        writer.close()
+        assert upstream.received.count(b"GET / HTTP/1.1") == 1
+    finally:
+        await server.shutdown(0.5)
