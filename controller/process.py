@@ -9,22 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource
-from controller.file_source import FileSource
+from controller.file_source import FileSource, write_active
+from controller.guard import SwitchGuard, policy_of
 from controller.health import Health, HealthChecker, HealthState
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
+from controller.rollback import Action, Decision
 from controller.state import ControlState
 from proxy.admin import build_admin_app
 from proxy.metrics import ControlMetrics, TrafficStats, build_registry
 from proxy.server import ProxyServer, ServerSettings
 
 log = logging.getLogger(__name__)
+
+# How often the guard looks at the colour switched to (health and error rate since the switch).
+GUARD_INTERVAL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,11 @@ class ProxyProcess:
         self.server: ProxyServer | None = None
         self.source: FileSource | ConfigMapSource | None = None
         self.health = HealthChecker(on_change=self._health_changed)
+        self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)
+        self.config_applied: Config | None = None
+        # Who decides rollbacks: in file mode this process; with a ConfigMap, only the replica
+        # holding the Lease, which the leader-election work adds (until then, none decides).
+        self.decides = not isinstance(config, ConfigMapSpec)
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -93,19 +104,34 @@ class ProxyProcess:
         self.admin_port = 0
 
     def apply(self, config: Config, version: str) -> None:
-        """Swap in the routing table of an accepted config and record what changed."""
+        """Swap in the routing table of an accepted config and record what changed.
+
+        A change of `active` is preflighted first: a switch to a colour failing its health
+        checks is refused, and the config is written back to the colour it came from.
+        """
+        previous = self.state.table.active if self.state.table is not None else None
+        if previous is not None and config.active != previous and self.decides:
+            decision = self.guard.before_switch(config.active, policy_of(config))
+            if decision.action is Action.REFUSE:
+                self._refuse(config, version, previous, decision)
+                return
+        self._swap(config, version, reason="manual")
+
+    def _swap(self, config: Config, version: str, reason: str) -> None:
         table = config.to_routing_table(version)
         assert self.server is not None
         self.server.swap_table(table)
+        self.config_applied = config
         self.health.update(config)
         for gone in set(self._health_shown) - set(table.colours):
             self._show_health(gone, Health.UNKNOWN)
-        record = self.state.accepted(table)
+        record = self.state.accepted(table, reason)
         _count_accepted(self.metrics, table.colours, table.active)
         if record is not None:
             self.metrics.switches.labels(record.from_colour, record.to_colour).inc()
+            self.guard.switched(record.from_colour, record.to_colour, manual=reason == "manual")
             log.info(
-                "switched from=%s to=%s reason=%s version=%s",
+                "switched from=%s to=%s reason=%r version=%s",
                 record.from_colour,
                 record.to_colour,
                 record.reason,
@@ -113,6 +139,45 @@ class ProxyProcess:
             )
         else:
             log.info("config applied version=%s active=%s", version, table.active)
+
+    def _refuse(self, config: Config, version: str, previous: str, decision: Decision) -> None:
+        log.warning("switch refused to=%s reason=%r", config.active, decision.reason)
+        self.state.refused(previous, config.active, decision.reason)
+        self.guard.mark_failed(config.active, decision.reason)
+        self.metrics.rollbacks.labels(decision.kind).inc()
+        self._swap(replace(config, active=previous), version, reason=decision.reason)
+        self._write_back(previous)
+
+    def _roll_back(self, decision: Decision) -> None:
+        config = self.config_applied
+        table = self.state.table
+        if config is None or table is None or decision.target is None:
+            return
+        log.warning(
+            "rolling back from=%s to=%s reason=%r", table.active, decision.target, decision.reason
+        )
+        self.guard.mark_failed(table.active, decision.reason)
+        self.metrics.rollbacks.labels(decision.kind).inc()
+        self._swap(replace(config, active=decision.target), table.version, reason=decision.reason)
+        self._write_back(decision.target)
+
+    def _write_back(self, colour: str) -> None:
+        """Make the config source say what routing does (file mode: an atomic rewrite)."""
+        if isinstance(self.config, Path):
+            try:
+                write_active(self.config, colour)
+            except (ConfigError, OSError) as error:
+                log.error("could not write active=%s to %s: %s", colour, self.config, error)
+
+    async def _guard_loop(self) -> None:
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            config = self.config_applied
+            if config is None or not self.decides:
+                continue
+            decision = self.guard.check(policy_of(config))
+            if decision.action is Action.ROLLBACK:
+                self._roll_back(decision)
 
     def health_of(self, colour: str) -> tuple[str, str | None]:
         """Return a colour's health and the last probe error, for /status."""
@@ -162,7 +227,7 @@ class ProxyProcess:
         admin_runner = web.AppRunner(
             build_admin_app(
                 self.registry,
-                lambda: self.state.snapshot(self.stats, self.health_of),
+                lambda: self.state.snapshot(self.stats, self.health_of, self.guard.failed),
                 self.state.readiness,
             ),
             access_log=None,
@@ -174,6 +239,7 @@ class ProxyProcess:
         listener = await self.server.listen(self.listen.host, self.listen.port)
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
         watch = asyncio.create_task(source.run(), name="config-source")
+        guard = asyncio.create_task(self._guard_loop(), name="switch-guard")
         self._install_signal_handlers()
         log.info(
             "serving proxy=%s:%d admin=%s:%d source=%s",
@@ -187,6 +253,7 @@ class ProxyProcess:
         try:
             await self.stopping.wait()
         finally:
+            guard.cancel()
             await self._shutdown(watch, admin_runner)
             if api is not None:
                 await api.close()

@@ -6,7 +6,7 @@ Pure bookkeeping with no I/O, shared by the admin `/status` endpoint, the CLI an
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +74,10 @@ class ControlState:
         self.switches.appendleft(record)
         return record
 
+    def refused(self, active: str, target: str, reason: str) -> None:
+        """Record a switch that was refused: live traffic stayed on `active`."""
+        self.switches.appendleft(SwitchRecord(active, target, reason, utc_now()))
+
     def rejected(self, message: str) -> None:
         """Record the message of a rejected config; the current table stays."""
         self.last_error = message
@@ -91,6 +95,7 @@ class ControlState:
         self,
         stats: TrafficStats | None = None,
         health: Callable[[str], tuple[str, str | None]] | None = None,
+        failed: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Return the `/status` JSON document; `health` gives (state, last error) per colour."""
         table = self.table
@@ -103,6 +108,9 @@ class ControlState:
                     "health": state,
                     "health_error": error,
                     "requests": stats.request_count(colour) if stats is not None else 0,
+                    # Set after a rollback from, or a refused switch to, this colour; cleared
+                    # when a person switches to it again.
+                    "failed": (failed or {}).get(colour),
                 }
         return {
             "source": self.source,

@@ -191,6 +191,13 @@ class ControlMetrics:
             "Unix time of the last accepted config.",
             registry=registry,
         )
+        self.rollbacks = Counter(
+            "bluegreen_rollbacks",
+            "Automatic rollbacks and refused switches, by reason: unhealthy, error_rate, "
+            "target_unhealthy.",
+            ("reason",),
+            registry=registry,
+        )
         self.upstream_healthy = Gauge(
             "bluegreen_upstream_healthy",
             "1 when a colour passes its active health checks, 0 when it fails them; "

@@ -1,0 +1,103 @@
+"""Pure rollback decisions: observations in, a decision out (switch back, refuse, or nothing).
+
+No I/O and no clock: the caller gathers the observation (health, live traffic since the switch,
+the time) and carries the decision out (swap the table, write the config, record why).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from controller.health import Health
+
+
+class Action(enum.Enum):
+    """What to do about the active colour."""
+
+    NOTHING = "nothing"
+    ROLLBACK = "rollback"  # switch back to the previous colour
+    REFUSE = "refuse"  # a switch to an unhealthy colour: never route to it
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The `rollback.*` keys."""
+
+    enabled: bool = True
+    window: float = 300.0
+    max_error_rate: float = 0.05
+    min_requests: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """A switch under watch: from which colour, to which, and when (seconds, any clock)."""
+
+    previous: str
+    active: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What is known right now about the colour under watch."""
+
+    now: float
+    active_health: Health
+    live_requests: int  # to the active colour since the switch
+    live_failures: int  # of those: 5xx answers, including unreachable and timed out
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome: an action, the colour to go to, and a reason fit for /status and Events."""
+
+    action: Action
+    target: str | None = None
+    reason: str = ""
+    kind: str = ""  # a low-cardinality metric label: unhealthy, error_rate, target_unhealthy
+
+
+NOTHING = Decision(Action.NOTHING)
+
+
+def preflight(target: str, target_health: Health, policy: Policy) -> Decision:
+    """Decide on a switch before it happens: refuse one to a colour failing its checks.
+
+    A colour whose health is still unknown is allowed: refusing it would block every switch
+    made before the first probes have answered.
+    """
+    if policy.enabled and target_health is Health.UNHEALTHY:
+        return Decision(Action.REFUSE, None, f"refused: {target} unhealthy", "target_unhealthy")
+    return NOTHING
+
+
+def decide(watch: Watch | None, observation: Observation, policy: Policy) -> Decision:
+    """Decide whether the colour switched to must be rolled back.
+
+    Only within `policy.window` after a manual switch. The active health check turning
+    unhealthy rolls back at once; the error rate does only over at least `min_requests`.
+    """
+    if not policy.enabled or watch is None:
+        return NOTHING
+    if observation.now - watch.since > policy.window:
+        return NOTHING
+    if observation.active_health is Health.UNHEALTHY:
+        return Decision(
+            Action.ROLLBACK,
+            watch.previous,
+            f"rollback: {watch.active} unhealthy (active health check)",
+            "unhealthy",
+        )
+    requests = observation.live_requests
+    if requests >= policy.min_requests and requests > 0:
+        rate = observation.live_failures / requests
+        if rate >= policy.max_error_rate:
+            return Decision(
+                Action.ROLLBACK,
+                watch.previous,
+                f"rollback: error rate {rate:.2f} over {requests} requests",
+                "error_rate",
+            )
+    return NOTHING

@@ -1,0 +1,213 @@
+"""Rollback: the pure decision as a table, then file mode end to end with colours that turn bad."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from controller.file_source import write_active
+from controller.health import Health
+from controller.process import Endpoint, ProxyProcess
+from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
+from tests.conftest import start_app
+
+H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
+POLICY = Policy(enabled=True, window=60.0, max_error_rate=0.5, min_requests=4)
+WATCH = Watch(previous="blue", active="green", since=100.0)
+
+
+@pytest.mark.parametrize(
+    ("watch", "observation", "policy", "action", "reason"),
+    [
+        (None, Observation(101, U, 10, 10), POLICY, Action.NOTHING, ""),
+        (WATCH, Observation(101, H, 10, 0), POLICY, Action.NOTHING, ""),
+        (WATCH, Observation(101, X, 0, 0), POLICY, Action.NOTHING, ""),
+        (
+            WATCH,
+            Observation(101, U, 0, 0),
+            POLICY,
+            Action.ROLLBACK,
+            "rollback: green unhealthy (active health check)",
+        ),
+        (WATCH, Observation(101, H, 2, 1), POLICY, Action.NOTHING, ""),  # below minRequests
+        (WATCH, Observation(101, H, 3, 3), POLICY, Action.NOTHING, ""),
+        (
+            WATCH,
+            Observation(101, H, 4, 2),
+            POLICY,
+            Action.ROLLBACK,
+            "rollback: error rate 0.50 over 4 requests",
+        ),
+        (WATCH, Observation(101, H, 40, 19), POLICY, Action.NOTHING, ""),
+        (WATCH, Observation(161, U, 40, 40), POLICY, Action.NOTHING, ""),  # window over
+        (
+            WATCH,
+            Observation(101, U, 40, 40),
+            Policy(enabled=False),
+            Action.NOTHING,
+            "",
+        ),
+    ],
+)
+def test_decide(
+    watch: Watch | None, observation: Observation, policy: Policy, action: Action, reason: str
+) -> None:
+    decision = decide(watch, observation, policy)
+    assert decision.action is action
+    assert decision.reason == reason
+    if action is Action.ROLLBACK:
+        assert decision.target == "blue"
+
+
+@pytest.mark.parametrize(
+    ("health", "policy", "action"),
+    [
+        (U, POLICY, Action.REFUSE),
+        (H, POLICY, Action.NOTHING),
+        (X, POLICY, Action.NOTHING),
+        (U, Policy(enabled=False), Action.NOTHING),
+    ],
+)
+def test_preflight(health: Health, policy: Policy, action: Action) -> None:
+    decision = preflight("green", health, policy)
+    assert decision.action is action
+    if action is Action.REFUSE:
+        assert decision.reason == "refused: green unhealthy"
+
+
+class Colour:
+    """A colour app whose health and whose answers to live traffic the test can break."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.healthy = True
+        self.failing = False
+        self.port = 0
+
+    def app(self) -> web.Application:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(status=200 if self.healthy else 503, text="health\n")
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/{tail:.*}", page)
+        return app
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProxyProcess, dict[str, Colour], Path]]:
+    colours = {"blue": Colour("blue"), "green": Colour("green")}
+    runners = []
+    for colour in colours.values():
+        runner, colour.port = await start_app(colour.app())
+        runners.append(runner)
+    config = tmp_path / "bluegreen.yaml"
+    config.write_text(
+        "active: blue\n"
+        f"upstream.blue: http://127.0.0.1:{colours['blue'].port}\n"
+        f"upstream.green: http://127.0.0.1:{colours['green'].port}\n"
+        "health.interval: 100ms\nhealth.timeout: 50ms\n"
+        "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
+        "rollback.minRequests: 10\nrollback.maxErrorRate: 0.3\n"
+    )
+    process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
+    task = asyncio.create_task(process.run())
+    await wait(lambda: process.proxy_port != 0 and process.health.health("green") is H, 10)
+    yield process, colours, config
+    process.stop()
+    await asyncio.wait_for(task, 10)
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def wait(condition: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+def active_in(config: Path) -> str:
+    return str(yaml.safe_load(config.read_text())["active"])
+
+
+async def live(process: ProxyProcess, count: int) -> list[tuple[int, str]]:
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            async with session.get(f"http://127.0.0.1:{process.proxy_port}/") as response:
+                await response.read()
+                answers.append((response.status, response.headers["X-Bluegreen-Colour"]))
+    return answers
+
+
+async def test_unhealthy_new_colour_is_rolled_back_and_stays_back(
+    setup: tuple[ProxyProcess, dict[str, Colour], Path],
+) -> None:
+    process, colours, config = setup
+    write_active(config, "green")
+    await wait(lambda: process.state.table is not None and process.state.table.active == "green", 2)
+    colours["green"].healthy = False
+    took = await wait(
+        lambda: process.state.table is not None and process.state.table.active == "blue", 5
+    )
+    assert took < 0.1 * 2 + 0.5  # interval x failureThreshold, plus a margin
+    assert (await live(process, 3))[-1] == (200, "blue")
+    await wait(lambda: active_in(config) == "blue", 2)  # the file agrees with the routing
+    latest = process.state.switches[0]
+    assert (latest.from_colour, latest.to_colour) == ("green", "blue")
+    assert latest.reason == "rollback: green unhealthy (active health check)"
+    assert process.guard.failed["green"] == latest.reason
+    # No flip-flop: green recovers, nothing switches back by itself.
+    colours["green"].healthy = True
+    await wait(lambda: process.health.health("green") is H, 2)
+    await asyncio.sleep(0.5)
+    assert process.state.table is not None and process.state.table.active == "blue"
+    assert active_in(config) == "blue"
+
+
+async def test_switch_to_an_unhealthy_colour_is_refused_and_reverted(
+    setup: tuple[ProxyProcess, dict[str, Colour], Path],
+) -> None:
+    process, colours, config = setup
+    colours["green"].healthy = False
+    await wait(lambda: process.health.health("green") is U, 2)
+    write_active(config, "green")
+    await wait(lambda: bool(process.state.switches), 2)
+    refusal = process.state.switches[0]
+    assert (refusal.from_colour, refusal.to_colour, refusal.reason) == (
+        "blue",
+        "green",
+        "refused: green unhealthy",
+    )
+    assert process.state.table is not None and process.state.table.active == "blue"
+    await wait(lambda: active_in(config) == "blue", 2)
+    assert all(colour == "blue" for _, colour in await live(process, 5))
+
+
+async def test_error_rate_rolls_back_only_past_min_requests(
+    setup: tuple[ProxyProcess, dict[str, Colour], Path],
+) -> None:
+    process, colours, config = setup
+    write_active(config, "green")
+    await wait(lambda: process.state.table is not None and process.state.table.active == "green", 2)
+    colours["green"].failing = True  # health stays fine; live traffic gets 500s
+    answers = await live(process, 2)
+    assert answers == [(500, "green"), (500, "green")]
+    await asyncio.sleep(0.3)  # several guard rounds: 2 requests are below minRequests=10
+    assert process.state.table is not None and process.state.table.active == "green"
+    await live(process, 8)
+    await wait(lambda: process.state.table is not None and process.state.table.active == "blue", 2)
+    assert process.state.switches[0].reason == "rollback: error rate 1.00 over 10 requests"
+    await wait(lambda: active_in(config) == "blue", 2)
