@@ -20,6 +20,7 @@ from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
 from controller.file_source import load_config_file, write_active
 from controller.kube import ConfigMapRef, KubeError
+from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
 from controller.tuning import run_event_loop, tune_malloc
 
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_endpoint, default=Endpoint("0.0.0.0", 8080))
     run.add_argument("--admin-listen", type=_endpoint, default=Endpoint("0.0.0.0", 9090))
     run.add_argument(
+        "--lease-duration",
+        type=int,
+        default=15,
+        help="with --configmap: seconds a leader's Lease lasts without renewal",
+    )
+    run.add_argument("--lease-renew-deadline", type=int, default=10)
+    run.add_argument("--lease-retry-period", type=int, default=2)
+    run.add_argument(
         "--shutdown-delay",
         type=float,
         default=0.0,
@@ -129,7 +138,8 @@ def _configure_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the proxy until SIGTERM."""
     tune_malloc()
-    source = args.config or ConfigMapSpec(args.configmap, args.kubeconfig)
+    lease = LeaseSettings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period)
+    source = args.config or ConfigMapSpec(args.configmap, args.kubeconfig, lease)
     process = ProxyProcess(
         source,
         args.listen,

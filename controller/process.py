@@ -10,7 +10,8 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -20,9 +21,11 @@ from controller.configmap_source import ConfigMapSource
 from controller.file_source import FileSource, write_active
 from controller.guard import SwitchGuard, policy_of
 from controller.health import Health, HealthChecker, HealthState
-from controller.kube import ConfigMapRef, KubeClient, load_api_client
+from controller.history import read_history, switch_annotations
+from controller.kube import ConfigMapRef, ConflictError, KubeClient, KubeError, load_api_client
+from controller.leader import Leadership, LeaseSettings
 from controller.rollback import Action, Decision
-from controller.state import ControlState
+from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
 from proxy.metrics import ControlMetrics, TrafficStats, build_registry
 from proxy.server import ProxyServer, ServerSettings
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # How often the guard looks at the colour switched to (health and error rate since the switch).
 GUARD_INTERVAL = 0.1
+# A history entry older than this does not explain a change of the ConfigMap's active colour.
+RECORDED_REASON_AGE = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +69,21 @@ class ConfigMapSpec:
 
     ref: ConfigMapRef
     kubeconfig: Path | None = None
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
 
 
 class ProxyProcess:
     """One running proxy fed by a local config file or a ConfigMap."""
+
+    @property
+    def decides(self) -> bool:
+        """Whether this process makes preflight and rollback decisions.
+
+        In file mode it does; with a ConfigMap only the replica holding the Lease does.
+        """
+        if isinstance(self.config, ConfigMapSpec):
+            return self.leadership is not None and self.leadership.leading
+        return True
 
     def __init__(
         self,
@@ -94,9 +110,9 @@ class ProxyProcess:
         self.health = HealthChecker(on_change=self._health_changed)
         self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)
         self.config_applied: Config | None = None
-        # Who decides rollbacks: in file mode this process; with a ConfigMap, only the replica
-        # holding the Lease, which the leader-election work adds (until then, none decides).
-        self.decides = not isinstance(config, ConfigMapSpec)
+        self.leadership: Leadership | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.kube: KubeClient | None = None
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -115,7 +131,29 @@ class ProxyProcess:
             if decision.action is Action.REFUSE:
                 self._refuse(config, version, previous, decision)
                 return
-        self._swap(config, version, reason="manual")
+        self._swap(config, version, reason=self._recorded_reason(previous, config.active))
+
+    def _recorded_reason(self, previous: str | None, active: str) -> str:
+        """Why the ConfigMap's active colour changed, as the writer recorded it; else manual.
+
+        A rollback written by the leader carries its reason in the history annotation, so the
+        other replicas show the same reason and do not start watching the rolled-back switch.
+        Only a recent entry matching this very change counts: a plain kubectl edit leaves none.
+        """
+        source = self.source
+        if not isinstance(source, ConfigMapSource) or source.applied is None:
+            return "manual"
+        history = read_history(source.applied.annotations)
+        if not history:
+            return "manual"
+        latest = history[0]
+        if latest.get("from") != previous or latest.get("to") != active:
+            return "manual"
+        try:
+            age = (utc_now() - datetime.fromisoformat(latest.get("at", ""))).total_seconds()
+        except ValueError:
+            return "manual"
+        return latest.get("reason", "manual") if age < RECORDED_REASON_AGE else "manual"
 
     def _swap(self, config: Config, version: str, reason: str) -> None:
         table = config.to_routing_table(version)
@@ -146,7 +184,7 @@ class ProxyProcess:
         self.guard.mark_failed(config.active, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
         self._swap(replace(config, active=previous), version, reason=decision.reason)
-        self._write_back(previous)
+        self._write_back(previous, config.active, decision, "TargetUnhealthy")
 
     def _roll_back(self, decision: Decision) -> None:
         config = self.config_applied
@@ -158,16 +196,54 @@ class ProxyProcess:
         )
         self.guard.mark_failed(table.active, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
+        failed = table.active
         self._swap(replace(config, active=decision.target), table.version, reason=decision.reason)
-        self._write_back(decision.target)
+        self._write_back(decision.target, failed, decision, "RolledBack")
 
-    def _write_back(self, colour: str) -> None:
-        """Make the config source say what routing does (file mode: an atomic rewrite)."""
+    def _write_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+        """Make the config source say what routing does.
+
+        A file is rewritten atomically. A ConfigMap is patched in the background, guarded by
+        the resourceVersion the decision was based on, so of many replicas one write wins.
+        """
         if isinstance(self.config, Path):
             try:
                 write_active(self.config, colour)
             except (ConfigError, OSError) as error:
                 log.error("could not write active=%s to %s: %s", colour, self.config, error)
+            return
+        task = asyncio.create_task(self._patch_back(colour, failed, decision, event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _patch_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+        source, kube, leadership = self.source, self.kube, self.leadership
+        if not isinstance(source, ConfigMapSource) or source.applied is None or kube is None:
+            return
+        based_on = source.applied
+        by = leadership.identity if leadership is not None else "bluegreen"
+        try:
+            written = await kube.patch(
+                based_on.resource_version,
+                data={"active": colour},
+                annotations=switch_annotations(
+                    based_on.annotations, failed, colour, reason=decision.reason, by=by
+                ),
+            )
+        except ConflictError:
+            log.warning(
+                "ConfigMap changed since resourceVersion=%s; not writing the %s",
+                based_on.resource_version,
+                event,
+            )
+            return
+        except (KubeError, OSError) as error:
+            log.error("could not write the %s to the ConfigMap: %s", event, error)
+            return
+        try:
+            await kube.event(written, event, f"{decision.reason} (by {by})", warning=True)
+        except (KubeError, OSError) as error:
+            log.warning("could not record Event reason=%s error=%r", event, str(error))
 
     async def _guard_loop(self) -> None:
         while True:
@@ -218,7 +294,11 @@ class ProxyProcess:
         if isinstance(self.config, ConfigMapSpec):
             # Until the first valid version arrives the proxy answers 503 and /readyz fails.
             api = await load_api_client(self.config.kubeconfig)
-            source = ConfigMapSource(KubeClient(api, self.config.ref), self.apply, self.reject)
+            self.kube = KubeClient(api, self.config.ref)
+            source = ConfigMapSource(self.kube, self.apply, self.reject)
+            self.leadership = Leadership(
+                api, self.config.ref.namespace, f"{self.config.ref.name}-leader", self.config.lease
+            )
         else:
             source = FileSource(self.config, self.apply, self.reject)
             config, version = await source.load_initial()
@@ -240,6 +320,11 @@ class ProxyProcess:
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
         watch = asyncio.create_task(source.run(), name="config-source")
         guard = asyncio.create_task(self._guard_loop(), name="switch-guard")
+        election = (
+            asyncio.create_task(self.leadership.run(), name="leader-election")
+            if self.leadership is not None
+            else None
+        )
         self._install_signal_handlers()
         log.info(
             "serving proxy=%s:%d admin=%s:%d source=%s",
@@ -254,6 +339,10 @@ class ProxyProcess:
             await self.stopping.wait()
         finally:
             guard.cancel()
+            if election is not None:
+                election.cancel()
+                if self.leadership is not None:
+                    self.leadership.leading = False
             await self._shutdown(watch, admin_runner)
             if api is not None:
                 await api.close()

@@ -76,6 +76,8 @@ async def test_proxy_runs_with_the_shipped_role_and_nothing_more(
         )
         task = asyncio.create_task(process.run())
         await wait_for(lambda: process is not None and process.state.table is not None, 20)
+        # The Role's Lease rules are enough to win the election.
+        await wait_for(lambda: process is not None and process.decides, 20)
         await core.patch_namespaced_config_map(
             "bluegreen",
             namespace,
