@@ -173,6 +173,7 @@ async def test_three_replicas_roll_back_once(replicas: Replicas) -> None:
     assert len(await replicas.events("RolledBack")) == 1
     for process in replicas.processes:
         assert process.state.switches[0].reason.startswith("rollback: green unhealthy")
+        assert process.guard.failed["green"].startswith("rollback: green unhealthy")
     # No flip-flop: green recovers and stays idle.
     replicas.colours["green"].healthy = True
     await healthy_everywhere(replicas)
