@@ -15,7 +15,10 @@ etcd, so objects survive a restart. `close` ends both processes, by PID, and rem
 temporary directory.
 
 Known gaps of 1.20.2: no EndpointSlice v1 (only v1beta1), and no controller-manager, scheduler or
-kubelet: Pods stay Pending, Deployments get no ReplicaSets, Namespaces are never finalized.
+kubelet: Pods stay Pending, Deployments get no ReplicaSets, Namespaces are never finalized, and
+the aggregated ClusterRoles (``view``, ``edit``, ``admin``) have no rules: bind your own Roles.
+The ``kubernetes`` Service has no Endpoints (``--endpoint-reconciler-type=none``: 127.0.0.1 is
+not a valid endpoint address). A new RoleBinding takes a moment to reach the RBAC authorizer.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def find_binaries(cache_dir: Path | None = None) -> KubeBinaries:
             raise MissingBinariesError(
                 f"{path} is missing: build kube-apiserver {KUBE_VERSION} and etcd once with "
                 f"`bash {BUILD_SCRIPT.relative_to(BUILD_SCRIPT.parents[2])}` "
-                "(about 11 minutes on 2 cores; bin/setup runs it too)"
+                "(8-11 minutes on 2 cores; bin/setup runs it too)"
             )
     return binaries
 
@@ -441,6 +444,8 @@ class KubeApiServer:
             "--disable-admission-plugins=ServiceAccount",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
+            # The `kubernetes` Service's Endpoints may not point at 127.0.0.1: don't try (and log).
+            "--endpoint-reconciler-type=none",
         ]
         if self.fast_compaction:
             argv += ["--watch-cache-sizes=configmaps#0", "--etcd-compaction-interval=2s"]

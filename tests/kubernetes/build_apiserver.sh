@@ -9,7 +9,7 @@
 # The binaries are cached outside the repository, keyed by version:
 #     ${BLUEGREEN_KUBE_CACHE:-$HOME/.cache/bluegreen/kube-1.20.2}/bin/{kube-apiserver,etcd}
 # The script is idempotent: when both binaries exist and run it does nothing. A cold build takes
-# about 11 minutes on 2 cores. Its output goes to build.log in the cache directory; on failure
+# 8-11 minutes on 2 cores. Its output goes to build.log in the cache directory; on failure
 # the script names the failed step and prints the tail of that log.
 #
 # Usage: tests/kubernetes/build_apiserver.sh [--fetch-only]
@@ -360,7 +360,7 @@ compile_apiserver() {
     step "generate OpenAPI definitions (make gen_openapi)"
     make -C "$SRC" gen_openapi || die "make gen_openapi failed"
 
-    step "compile kube-apiserver (hack/make-rules/build.sh cmd/kube-apiserver; ~11 min on 2 cores)"
+    step "compile kube-apiserver (hack/make-rules/build.sh cmd/kube-apiserver; 8-11 min on 2 cores)"
     (cd "$SRC" && hack/make-rules/build.sh cmd/kube-apiserver) \
         || die "hack/make-rules/build.sh cmd/kube-apiserver failed"
     local built

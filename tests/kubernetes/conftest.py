@@ -28,7 +28,8 @@ def new_server(*, fast_compaction: bool = False) -> KubeApiServer:
     try:
         return KubeApiServer(fast_compaction=fast_compaction)
     except MissingBinariesError as error:
-        pytest.fail(f"{error}", pytrace=False)
+        message = str(error)
+    pytest.fail(message, pytrace=False)  # outside `except`: no chained traceback
 
 
 def started(server: KubeApiServer) -> KubeApiServer:
@@ -36,9 +37,11 @@ def started(server: KubeApiServer) -> KubeApiServer:
     try:
         server.start()
     except KubeApiServerError as error:
-        server.close()
-        pytest.fail(f"kube-apiserver did not start: {error}", pytrace=False)
-    return server
+        message = f"kube-apiserver did not start: {error}"
+    else:
+        return server
+    server.close()
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture(scope="session")
