@@ -95,7 +95,7 @@ def find_binaries(cache_dir: Path | None = None) -> KubeBinaries:
             raise MissingBinariesError(
                 f"{path} is missing: build kube-apiserver {KUBE_VERSION} and etcd once with "
                 f"`bash {BUILD_SCRIPT.relative_to(BUILD_SCRIPT.parents[2])}` "
-                "(8-11 minutes on 2 cores; bin/setup runs it too)"
+                "(8-11 minutes on 2 cores; bin/test runs it too)"
             )
     return binaries
 

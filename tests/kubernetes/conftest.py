@@ -1,6 +1,6 @@
 """Fixtures that run a real kube-apiserver (Kubernetes 1.20.2) and etcd on loopback.
 
-The binaries are built once by tests/kubernetes/build_apiserver.sh (bin/setup runs it). When they
+The binaries are built once by tests/kubernetes/build_apiserver.sh (bin/test runs it). When they
 are missing, these fixtures fail (never skip) and say how to build them.
 
 * ``kube_apiserver`` (session): the normal configuration, shared by the whole test session.
