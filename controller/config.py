@@ -27,6 +27,8 @@ Keys, with their defaults (durations take a unit: `500ms`, `2s`, `5m`, `1h`, or 
     timeout.connect           5s         to open a connection to an upstream
     timeout.read              60s        longest wait for upstream bytes
     pool.maxIdle              64         idle keep-alive connections kept per colour (0: none)
+    pool.maxInflight          10000      concurrent requests per colour; past it a fast 503
+                                         with Retry-After, instead of a queue (0: no limit)
     pool.idleTimeout          4s         an idle keep-alive connection is closed after this
 
 `preview.colour` is optional. Without it, with exactly two colours the preview colour is the one
@@ -121,6 +123,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "timeout.connect",
     "timeout.read",
     "pool.maxIdle",
+    "pool.maxInflight",
     "pool.idleTimeout",
 )
 _SETTING_KEYS = frozenset(KNOWN_KEYS) - {"upstream.<colour>"}
@@ -193,6 +196,7 @@ class Config:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     pool_max_idle: int = 64
+    pool_max_inflight: int = 10000
     pool_idle_timeout: float = 4.0
 
     def __post_init__(self) -> None:
@@ -232,7 +236,11 @@ class Config:
             timeouts=ProxyTimeouts(
                 connect=self.connect_timeout, read=self.read_timeout, drain=self.drain_timeout
             ),
-            pool=PoolSettings(max_idle=self.pool_max_idle, idle_timeout=self.pool_idle_timeout),
+            pool=PoolSettings(
+                max_idle=self.pool_max_idle,
+                idle_timeout=self.pool_idle_timeout,
+                max_inflight=self.pool_max_inflight,
+            ),
             forwarded_trusted=self.forwarded_trusted_cidrs,
         )
 
@@ -303,6 +311,7 @@ def parse_config(data: Mapping[str, object]) -> Config:
         connect_timeout=read.value("timeout.connect", parse_duration, 5.0),
         read_timeout=read.value("timeout.read", parse_duration, 60.0),
         pool_max_idle=read.value("pool.maxIdle", _parse_count, 64),
+        pool_max_inflight=read.value("pool.maxInflight", _parse_count, 10000),
         pool_idle_timeout=read.value("pool.idleTimeout", parse_duration, 4.0),
     )
     if (

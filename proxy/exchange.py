@@ -113,8 +113,16 @@ class Exchange:
     # --- request side, driven by the client connection --------------------------------------
 
     def start(self) -> None:
-        """Send the request upstream: on an idle pooled connection, or on a new one."""
+        """Send the request upstream: on an idle pooled connection, or on a new one.
+
+        Past `pool.max_inflight` requests in flight to the colour, answer 503 with Retry-After
+        at once: a queue would only add latency to an overloaded colour.
+        """
         self.started = True
+        limit = self.table.pool.max_inflight
+        if limit and self.client.server.stats.inflight.get(self.route.colour, 0) > limit:
+            self._overloaded(limit)
+            return
         pool = self.pool = self.client.server.pool_for(self.upstream, self.table)
         conn = pool.take_idle()
         if conn is not None:
@@ -317,6 +325,25 @@ class Exchange:
         self.client.close()
 
     # --- internals --------------------------------------------------------------------------
+
+    def _overloaded(self, limit: int) -> None:
+        self.client.server.stats.upstream_error(self.route.colour, "overload")
+        self.status = 503
+        self.response_started = True
+        # Without the whole body read, the connection cannot carry another request.
+        self.keep_alive = self.keep_alive and self.request_complete
+        self.client.write(
+            simple_response(
+                503,
+                f"bluegreen: colour {self.route.colour} has {limit} requests in flight, its "
+                "limit (pool.maxInflight); retry shortly",
+                colour=self.route.colour,
+                close=not self.keep_alive,
+                extra_headers=((b"Retry-After", b"1"),),
+            )
+        )
+        self._record(503)
+        self.client.exchange_finished(self)
 
     def _connect_in_background(self, pool: UpstreamPool) -> None:
         # The event loop keeps only a weak reference to tasks: hold this one until it is done.

@@ -99,6 +99,7 @@ class PoolSettings:
 
     max_idle: int = 64
     idle_timeout: float = 4.0
+    max_inflight: int = 10000  # concurrent requests per colour before a fast 503; 0: no limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -660,3 +660,11 @@ def test_forwarded_trusted_cidrs_reach_the_routing_table() -> None:
     assert not table.trusts_forwarded_for("192.0.2.1")
     with pytest.raises(ConfigError, match=r"forwarded\.trustedCIDRs"):
         parse_config({**BASE, "forwarded.trustedCIDRs": "10.0.0.1/8"})
+
+
+def test_pool_max_inflight_reaches_the_routing_table() -> None:
+    assert parse_config(BASE).to_routing_table("v").pool.max_inflight == 10000
+    config = parse_config({**BASE, "pool.maxInflight": "5"})
+    assert config.to_routing_table("v").pool.max_inflight == 5
+    with pytest.raises(ConfigError, match=r"pool\.maxInflight"):
+        parse_config({**BASE, "pool.maxInflight": "-1"})

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from proxy.metrics import TrafficStats
-from proxy.routing import ProxyTimeouts, RoutingTable, Upstream
+from proxy.routing import PoolSettings, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
 from tests.conftest import RunningProxy, TableFactory, raw_exchange
 
@@ -247,3 +247,30 @@ async def test_upstream_connection_close_is_honoured(
         assert connections == 3
     finally:
         await proxy.server.shutdown(0.5)
+
+
+async def test_past_max_inflight_the_answer_is_a_fast_503(
+    proxy: RunningProxy, make_table: TableFactory
+) -> None:
+    table = make_table()
+    proxy.server.swap_table(
+        RoutingTable(
+            "v2", table.active, table.idle, table.upstreams, pool=PoolSettings(max_inflight=2)
+        )
+    )
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> tuple[int, str | None, float]:
+            started = loop.time()
+            async with session.get(proxy.url + "/slow?delay=1") as response:
+                await response.read()
+                return response.status, response.headers.get("Retry-After"), loop.time() - started
+
+        results = await asyncio.gather(*(one() for _ in range(5)))
+    assert sorted(status for status, _, _ in results) == [200, 200, 503, 503, 503]
+    for status, retry_after, took in results:
+        if status == 503:
+            assert retry_after == "1"
+            assert took < 0.5  # answered at once, not queued behind the slow ones
+    assert proxy.server.stats.upstream_errors[("blue", "overload")] == 3
