@@ -56,6 +56,8 @@ class ClientConnection(asyncio.Protocol):
         self.corked: list[bytes] | None = None
         self.closed = False
         self.eof = False
+        # When the connection last became idle (opened, or a response finished): the keep-alive
+        # timeout counts from here. Not touched per read, which would cost a clock call.
         self.last_activity = 0.0
         self.head_started: float | None = None
         self.head_bytes = 0  # bytes read while a head was incomplete
@@ -107,7 +109,6 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, or pass body and tunnel bytes straight on."""
-        self.last_activity = self.loop.time()
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from proxy.headers import LAST_CHUNK, ResponseHead, render_response_head, simple_response
+from proxy.headers import LAST_CHUNK, ResponseHead, chunk, render_response_head, simple_response
 from proxy.routing import Route, RoutingTable, Upstream
 from proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -134,7 +134,7 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         """Forward a piece of the request body, framing it again when chunked."""
-        parts = [b"%x\r\n" % len(data), data, b"\r\n"] if self.body_chunked else [data]
+        parts = chunk(data) if self.body_chunked else [data]
         conn = self.conn
         if conn is not None and self.pending is None:
             conn.writelines(parts)
@@ -185,13 +185,8 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: the upstream connection is mid-message and cannot be reused."""
-        if self.finished:
-            return
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.close()
-        self._record(499 if not self.response_started else self.status)
+        if not self.finished:
+            self.cancel(self.status if self.response_started else 499)
 
     # --- response side, driven by the upstream connection -----------------------------------
 
@@ -256,7 +251,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         """Forward a piece of the response body."""
         if self.response_chunked:
-            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+            self.client.writelines(chunk(data))
         else:
             self.client.write(data)
 

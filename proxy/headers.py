@@ -336,9 +336,9 @@ def simple_response(
     return b"".join(lines)
 
 
-def chunk(data: bytes) -> bytes:
-    """Frame `data` as one HTTP/1.1 chunk."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+def chunk(data: bytes) -> list[bytes]:
+    """Frame `data` as one HTTP/1.1 chunk, as pieces for writelines (the data is not copied)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
 LAST_CHUNK = b"0\r\n\r\n"

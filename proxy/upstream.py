@@ -116,9 +116,8 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.tunnel_from_upstream(data)
             return
         if self.pass_through:
-            data = self._pass_body_through(data, exchange)
-            if not data:
-                return
+            self._pass_body_through(data, exchange)
+            return
         if not self.head_done:
             # Kept until the head is complete: it is split from the raw bytes (see
             # proxy/headers.py), not from per-field parser callbacks.
@@ -282,25 +281,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _pass_body_through(self, data: bytes, exchange: Exchange) -> bytes:
-        """Forward up to `pass_through` bytes unparsed; return what is left over."""
+    def _pass_body_through(self, data: bytes, exchange: Exchange) -> None:
+        """Forward up to `pass_through` body bytes unparsed, finishing the response at its end."""
         size = len(data)
         if size <= self.pass_through:
             self.pass_through -= size
             exchange.response_body(data)
-            rest = b""
         else:
             exchange.response_body(data[: self.pass_through])
-            rest = data[self.pass_through :]
             self.pass_through = 0
+            # More bytes than Content-Length said: the connection's framing is broken.
+            self.reusable = False
         if self.pass_through == 0:
             self.remaining = 0
             self.message_done = True
-            if rest:
-                # More bytes than Content-Length said: the connection's framing is broken.
-                self.reusable = False
             self._finish()
-        return b""
 
     def _finish(self) -> None:
         exchange = self.exchange
