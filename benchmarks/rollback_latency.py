@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,19 +27,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proxy_process import percentile, start_proxy, wait_ready
 from controller.file_source import write_active
+from tests.conftest import free_port
 from tests.test_rollback import Colour
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def run(switches: int, clients: int) -> None:
@@ -60,46 +49,17 @@ async def run(switches: int, clients: int) -> None:
         f"upstream.blue: http://127.0.0.1:{colours['blue'].port}\n"
         f"upstream.green: http://127.0.0.1:{colours['green'].port}\n"
     )
-    proxy_port, admin_port = free_port(), free_port()
-    with (workdir / "proxy.log").open("wb") as log:
-        proxy = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-            [
-                sys.executable,
-                "-m",
-                "controller.cli",
-                "--log-level",
-                "WARNING",
-                "run",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{proxy_port}",
-                "--admin-listen",
-                f"127.0.0.1:{admin_port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proxy = start_proxy(["--config", str(config)])
     answers: list[tuple[float, int, str]] = []  # (answered at, status, colour)
     stop = asyncio.Event()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"proxy not ready; see {workdir / 'proxy.log'}")
-                await asyncio.sleep(0.1)
+            await wait_ready(session, proxy)
 
             async def client() -> None:
                 while not stop.is_set():
                     try:
-                        async with session.get(f"http://127.0.0.1:{proxy_port}/") as response:
+                        async with session.get(f"http://127.0.0.1:{proxy.port}/") as response:
                             await response.read()
                             colour = response.headers.get("X-Bluegreen-Colour", "")
                             answers.append((time.monotonic(), response.status, colour))
@@ -134,8 +94,7 @@ async def run(switches: int, clients: int) -> None:
             stop.set()
             await asyncio.gather(*workers)
     finally:
-        proxy.terminate()
-        proxy.wait(timeout=15)
+        proxy.stop()
         for runner in runners:
             await runner.cleanup()
     print(f"bad switches: {switches}, clients: {clients}, requests: {len(answers)}")

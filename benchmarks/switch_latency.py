@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,16 +26,12 @@ from kubernetes_asyncio import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proxy_process import ProxyUnderTest, percentile, start_proxy, wait_ready
 from controller.kube import load_api_client
+from tests.conftest import free_port
 from tests.kubernetes.apiserver import KubeApiServer
 
 MERGE_PATCH = "application/merge-patch+json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def colour_app(colour: str) -> tuple[web.AppRunner, int]:
@@ -58,7 +51,7 @@ async def run(switches: int, clients: int) -> None:
     server = KubeApiServer()
     server.start()
     runners: list[web.AppRunner] = []
-    proxy: subprocess.Popen[bytes] | None = None
+    proxy: ProxyUnderTest | None = None
     api = await load_api_client(server.kubeconfig)
     try:
         ports = {}
@@ -77,46 +70,16 @@ async def run(switches: int, clients: int) -> None:
                 },
             ),
         )
-        proxy_port, admin_port = free_port(), free_port()
-        log = Path(tempfile.mkdtemp(prefix="bluegreen-switch-")) / "proxy.log"
-        with log.open("wb") as output:
-            proxy = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
-                [
-                    sys.executable,
-                    "-m",
-                    "controller.cli",
-                    "--log-level",
-                    "WARNING",
-                    "run",
-                    "--configmap",
-                    "default/bluegreen",
-                    "--kubeconfig",
-                    str(server.kubeconfig),
-                    "--listen",
-                    f"127.0.0.1:{proxy_port}",
-                    "--admin-listen",
-                    f"127.0.0.1:{admin_port}",
-                ],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{proxy_port}/"
+        proxy = start_proxy(
+            ["--configmap", "default/bluegreen", "--kubeconfig", str(server.kubeconfig)]
+        )
+        url = f"http://127.0.0.1:{proxy.port}/"
         results: list[tuple[float, str]] = []  # (sent, colour)
         failures = 0
         stop = asyncio.Event()
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"proxy not ready; see {log}")
-                await asyncio.sleep(0.1)
+            await wait_ready(session, proxy)
 
             async def load() -> None:
                 nonlocal failures
@@ -163,7 +126,7 @@ async def run(switches: int, clients: int) -> None:
             ("PATCH sent -> all new requests on the new colour", from_send),
         ):
             figures.sort()
-            p99 = figures[min(len(figures) - 1, round(0.99 * (len(figures) - 1)))]
+            p99 = percentile(figures, 0.99)
             print(f"{title}:")
             print(f"  median {statistics.median(figures) * 1000:7.1f} ms")
             print(f"  p99    {p99 * 1000:7.1f} ms")
@@ -171,8 +134,7 @@ async def run(switches: int, clients: int) -> None:
         print(f"failed requests: {failures}")
     finally:
         if proxy is not None:
-            proxy.terminate()
-            proxy.wait(timeout=15)
+            proxy.stop()
         for runner in runners:
             await runner.cleanup()
         await api.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -132,6 +133,13 @@ def colour_application(state: ColourApp) -> web.Application:
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def start_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:

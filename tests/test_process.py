@@ -20,17 +20,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ColourApp
+from tests.conftest import ColourApp, free_port
 
 BLUEGREEN = [sys.executable, "-m", "controller.cli"]
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415 - only this helper needs it
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_text(colours: dict[str, ColourApp], active: str, extra: str = "") -> str:

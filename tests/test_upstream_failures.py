@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -12,16 +11,9 @@ import pytest
 from proxy.metrics import TrafficStats
 from proxy.routing import PoolSettings, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.conftest import RunningProxy, TableFactory, raw_exchange
+from tests.conftest import RunningProxy, TableFactory, free_port, raw_exchange
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
