@@ -22,7 +22,7 @@ from controller.file_source import load_config_file, write_active
 from controller.kube import ConfigMapRef, KubeError
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
-from controller.tuning import run_event_loop, tune_malloc
+from controller.tuning import raise_open_file_limit, run_event_loop, tune_malloc
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -138,6 +138,7 @@ def _configure_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the proxy until SIGTERM."""
     tune_malloc()
+    raise_open_file_limit()
     lease = LeaseSettings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period)
     source = args.config or ConfigMapSpec(args.configmap, args.kubeconfig, lease)
     process = ProxyProcess(

@@ -43,15 +43,17 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
 from proxy.routing import (
+    ClientLimits,
     IPNetwork,
     PoolSettings,
     PreviewPolicy,
     ProxyTimeouts,
+    RetryPolicy,
     RoutingTable,
     Upstream,
 )
@@ -65,6 +67,12 @@ _DURATION_HINT = "use a number with a unit such as 500ms, 2s or 5m"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
 _DURATION_WHOLE = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+KIB = 1024
+MIB = 1024 * KIB
+_SIZE = re.compile(r"(\d+)(Ki|Mi|Gi|k|M|G)?")
+_SIZE_UNITS = {"": 1, "Ki": KIB, "Mi": MIB, "Gi": 1024 * MIB, "k": 1000, "M": 10**6, "G": 10**9}
+_SIZE_HINT = "use a whole number of bytes or one with a unit such as 8Ki, 64Ki, 100Mi or 1Gi"
 
 _COLOUR = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
 _COLOUR_HINT = (
@@ -125,6 +133,15 @@ KNOWN_KEYS: tuple[str, ...] = (
     "pool.maxIdle",
     "pool.maxInflight",
     "pool.idleTimeout",
+    "limits.requestHeadSize",
+    "limits.uriSize",
+    "limits.headerCount",
+    "limits.bodySize",
+    "limits.connections",
+    "timeout.requestHead",
+    "timeout.keepAlive",
+    "retry.maxRetries",
+    "retry.timeout",
 )
 _SETTING_KEYS = frozenset(KNOWN_KEYS) - {"upstream.<colour>"}
 
@@ -148,6 +165,18 @@ class ConfigError(ValueError):
     def with_source(self, source: str) -> ConfigError:
         """Return the same problems, attributed to `source` (a file name or ConfigMap)."""
         return ConfigError(*self.problems, source=source)
+
+
+def parse_size(text: str) -> int:
+    """Return the bytes in `text` such as `8192`, `8Ki`, `64Ki`, `100Mi` or `1Gi` (0 or more).
+
+    Binary suffixes (Ki, Mi, Gi) and decimal ones (k, M, G) are read as Kubernetes quantities are.
+    Raises ValueError with a message that starts with the quoted text and says what is accepted.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; {_SIZE_HINT}")
+    return int(match[1]) * _SIZE_UNITS[match[2] or ""]
 
 
 def parse_duration(text: str) -> float:
@@ -198,6 +227,8 @@ class Config:
     pool_max_idle: int = 64
     pool_max_inflight: int = 10000
     pool_idle_timeout: float = 4.0
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -242,6 +273,8 @@ class Config:
                 max_inflight=self.pool_max_inflight,
             ),
             forwarded_trusted=self.forwarded_trusted_cidrs,
+            limits=self.limits,
+            retry=self.retry,
         )
 
 
@@ -313,6 +346,19 @@ def parse_config(data: Mapping[str, object]) -> Config:
         pool_max_idle=read.value("pool.maxIdle", _parse_count, 64),
         pool_max_inflight=read.value("pool.maxInflight", _parse_count, 10000),
         pool_idle_timeout=read.value("pool.idleTimeout", parse_duration, 4.0),
+        limits=ClientLimits(
+            max_head_size=read.value("limits.requestHeadSize", parse_size, 64 * KIB),
+            max_uri_size=read.value("limits.uriSize", parse_size, 8 * KIB),
+            max_header_count=read.value("limits.headerCount", _parse_positive_int, 100),
+            max_body_size=read.value("limits.bodySize", parse_size, 100 * MIB),
+            max_connections=read.value("limits.connections", _parse_count, 10000),
+            head_timeout=read.value("timeout.requestHead", parse_duration, 30.0),
+            keepalive_timeout=read.value("timeout.keepAlive", parse_duration, 60.0),
+        ),
+        retry=RetryPolicy(
+            max_retries=read.value("retry.maxRetries", _parse_count, 2),
+            timeout=read.value("retry.timeout", parse_duration, 10.0),
+        ),
     )
     if (
         not read.failed & {"health.timeout", "health.interval"}
@@ -323,6 +369,12 @@ def parse_config(data: Mapping[str, object]) -> Config:
             f"health.interval ({_seconds(config.health_interval)}); lower the timeout or "
             "raise the interval"
         )
+    for key, size in (
+        ("limits.requestHeadSize", config.limits.max_head_size),
+        ("limits.uriSize", config.limits.max_uri_size),
+    ):
+        if key not in read.failed and size < 256:
+            problems.append(f"{key}: {size} bytes is too small for any request; use e.g. 8Ki")
     if problems:
         raise ConfigError(*problems)
     return config

@@ -1,4 +1,4 @@
-"""Process start-up tuning that must happen before any traffic: malloc and the event loop."""
+"""Process start-up tuning that must happen before any traffic: malloc, files, the event loop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import resource
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -45,6 +46,25 @@ def tune_malloc() -> bool:
     )
     log.debug("malloc tuned ok=%s", ok)
     return ok
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return the limit now in force.
+
+    Every proxied request holds two sockets (client and upstream). The usual soft limit of 1024
+    would make accept() fail far below `limits.connections` (10000 by default), with errors
+    instead of the proxy's own 503s; the hard limit in containers is normally 1048576.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1048576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d: %s", soft, error)
+    log.debug("open-file limit %d", soft)
+    return soft
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:

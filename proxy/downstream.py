@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 
 # Beyond this many queued pipelined requests, stop reading until the first ones are answered.
 MAX_PIPELINED = 16
-# The largest request head accepted (request line and fields), like Envoy's 60 KiB default.
-MAX_REQUEST_HEAD = 64 * 1024
+RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -61,6 +60,10 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.head_started: float | None = None
         self.head_bytes = 0  # bytes read while a head was incomplete
+        self.head_size = 0  # bytes of the current head's target and fields, as parsed
+        self.body_size = 0  # bytes of the current request's body so far
+        self.limits = server.limits  # snapshot per request head: the table may change
+        self.over_capacity = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -74,7 +77,12 @@ class ClientConnection(asyncio.Protocol):
             self.peer_ip = str(peer[0])
             self.peer = self.peer_ip.encode("ascii")
         self.last_activity = self.loop.time()
-        self.server.connection_opened(self)
+        server = self.server
+        limit = server.limits.max_connections
+        # Past the limit the connection is still read, so that its request gets a 503 with
+        # Retry-After rather than a reset that a client could not tell from a crash.
+        self.over_capacity = bool(limit) and len(server.connections) >= limit
+        server.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Abandon every exchange still in flight; their upstream connections are closed."""
@@ -129,15 +137,15 @@ class ClientConnection(asyncio.Protocol):
             # An exception raised in a parser callback arrives as the context of a parser error.
             cause = error.__context__
             if isinstance(cause, RequestHeadError):
-                self._reject(cause.status, str(cause))
+                self._reject(cause.status, str(cause), cause.headers)
             else:
                 self._reject(400, f"bad request: {str(error).strip() or type(error).__name__}")
             return
         if self.head_started is not None:
             # A head still incomplete after this read: llhttp sets no size limit of its own.
             self.head_bytes += len(data)
-            if self.head_bytes > MAX_REQUEST_HEAD:
-                self._reject(431, "request head larger than 64 KiB")
+            if self.head_bytes > self.limits.max_head_size:
+                self._reject(431, _too_large("request head", self.limits.max_head_size))
                 return
         if self.parsing is not None and self.body_remaining:
             # The rest of this body is forwarded without the parser (see proxy/upstream.py).
@@ -155,14 +163,28 @@ class ClientConnection(asyncio.Protocol):
         self.headers = []
         self.head_started = self.loop.time()
         self.head_bytes = 0
+        self.body_size = 0
+        self.limits = self.server.limits
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target (llhttp may hand it over in pieces)."""
         self.url += url
+        self.head_size = size = len(self.url)
+        if size > self.limits.max_uri_size:
+            raise RequestHeadError(_too_large("request target", self.limits.max_uri_size), 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header field."""
-        self.headers.append((name, value))
+        """Collect one header field, within the limits on their count and total size."""
+        headers = self.headers
+        headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        limits = self.limits
+        if self.head_size > limits.max_head_size:
+            raise RequestHeadError(_too_large("request head", limits.max_head_size), 431)
+        if len(headers) > limits.max_header_count:
+            raise RequestHeadError(
+                f"request header fields: more than {limits.max_header_count}", 431
+            )
 
     def on_headers_complete(self) -> None:
         """Route the request with the table current now and queue its exchange."""
@@ -175,6 +197,13 @@ class ClientConnection(asyncio.Protocol):
             raise RequestHeadError("bad request: CONNECT is not supported by a reverse proxy")
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
+        if self.over_capacity:
+            raise RequestHeadError(
+                f"bluegreen: {self.limits.max_connections} client connections open, the limit "
+                "(limits.connections); retry shortly",
+                503,
+                RETRY_AFTER,
+            )
         upgrade = parser.should_upgrade()
         request = build_upstream_request(
             method,
@@ -189,6 +218,9 @@ class ClientConnection(asyncio.Protocol):
         route = table.choose(request.preview_value, self.peer_ip)
         chunked = request.chunked
         content_length = request.content_length
+        max_body = self.limits.max_body_size
+        if max_body and content_length is not None and content_length > max_body:
+            raise RequestHeadError(_too_large("request body", max_body), 413)
         exchange = Exchange(
             self,
             table,
@@ -208,9 +240,16 @@ class ClientConnection(asyncio.Protocol):
             self.block_reading(BLOCK_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
-        """Forward a piece of the request body."""
+        """Forward a piece of the request body, within the body size limit."""
         if self.body_remaining is not None:
             self.body_remaining -= len(body)
+        else:
+            # A chunked body: its size is known only as it streams. Past the limit, what was
+            # forwarded is abandoned with the upstream connection (see _reject).
+            self.body_size += len(body)
+            max_body = self.limits.max_body_size
+            if max_body and self.body_size > max_body:
+                raise RequestHeadError(_too_large("request body", max_body), 413)
         if self.parsing is not None:
             self.parsing.request_body(body)
 
@@ -359,7 +398,9 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and not self.queue[0].started:
             self.queue[0].start()
 
-    def _reject(self, status: int, message: str) -> None:
+    def _reject(
+        self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         """Answer a request the proxy will not forward, then close the connection."""
         self.server.stats.rejected_request(status)
         log.info("rejected request peer=%s status=%d reason=%r", self.peer_ip, status, message)
@@ -373,5 +414,16 @@ class ClientConnection(asyncio.Protocol):
         while self.queue:
             self.queue.popleft().cancel(status)
         self.parsing = None
-        self.write(simple_response(status, message))
+        self.write(simple_response(status, message, extra_headers=headers))
         self.close()
+
+
+def _too_large(what: str, limit: int) -> str:
+    """Say which limit a request went past, in the unit it is most likely configured in."""
+    if limit % (1024 * 1024) == 0:
+        shown = f"{limit // (1024 * 1024)} MiB"
+    elif limit % 1024 == 0:
+        shown = f"{limit // 1024} KiB"
+    else:
+        shown = f"{limit} bytes"
+    return f"{what} larger than {shown}"

@@ -33,9 +33,12 @@ _NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen
 class RequestHeadError(ValueError):
     """A request head that the proxy refuses; the message is safe to show to the client."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(
+        self, message: str, status: int = 400, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers  # extra response fields, such as Retry-After on a 503
 
 
 # How each request field that needs handling is treated; every other field passes unchanged.

@@ -103,6 +103,34 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one client may send or hold, each past its limit answered and closed.
+
+    Sizes are in bytes and times in seconds; 0 turns off `max_body_size` and `max_connections`.
+    """
+
+    max_head_size: int = 64 * 1024  # request line and fields -> 431
+    max_uri_size: int = 8 * 1024  # request target -> 414
+    max_header_count: int = 100  # fields -> 431
+    max_body_size: int = 100 * 1024 * 1024  # request body, counted as it streams -> 413
+    max_connections: int = 10000  # concurrent client connections -> 503 with Retry-After
+    head_timeout: float = 30.0  # the whole request head must arrive within this -> 408
+    keepalive_timeout: float = 60.0  # idle keep-alive connections are closed after this
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failed upstream attempt is tried again, and for how long.
+
+    Which failures are retried at all is decided per request (see proxy/exchange.py); this only
+    bounds the count and the time since the request's head arrived.
+    """
+
+    max_retries: int = 2
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     """One immutable snapshot of where traffic goes.
 
@@ -119,6 +147,8 @@ class RoutingTable:
     pool: PoolSettings = field(default_factory=PoolSettings)
     # Peers (a load balancer in front) whose incoming X-Forwarded-For is kept and appended to.
     forwarded_trusted: tuple[IPNetwork, ...] = ()
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)

@@ -15,18 +15,25 @@ from dataclasses import dataclass
 from proxy.downstream import ClientConnection
 from proxy.exchange import Exchange
 from proxy.metrics import TrafficStats
-from proxy.routing import LIVE, RoutingTable, Upstream
+from proxy.routing import LIVE, ClientLimits, RoutingTable, Upstream
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
 
+DEFAULT_LIMITS = ClientLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """Limits of the client side that do not change with the config."""
+    """Settings of the server that do not come from the config.
 
-    keepalive_timeout: float = 60.0  # idle keep-alive connections are closed after this
-    head_timeout: float = 30.0  # the whole request head must arrive within this
+    The client limits themselves (sizes, timeouts, connections) are config keys and travel in
+    the routing table, so that they can be changed without a restart.
+    """
+
+    # The longest pause between two sweeps for timed-out connections; a sweep runs at least ten
+    # times per request-head timeout, so a slow client is closed close to its deadline.
     sweep_interval: float = 1.0
 
 
@@ -189,13 +196,22 @@ class ProxyServer:
         for key in [k for k in self.pools if k not in wanted]:
             self.pools.pop(key).close()
 
+    @property
+    def limits(self) -> ClientLimits:
+        """The client limits in force: the current table's, or the defaults before any config."""
+        table = self.table
+        return table.limits if table is not None else DEFAULT_LIMITS
+
     def _sweep(self) -> None:
         """Close idle keep-alive connections and clients too slow to send a request head."""
         now = self.loop.time()
-        settings = self.settings
+        limits = self.limits
+        head_timeout = limits.head_timeout
+        keepalive_timeout = limits.keepalive_timeout
         for conn in list(self.connections):
-            if conn.head_started is not None and now - conn.head_started > settings.head_timeout:
+            if conn.head_started is not None and now - conn.head_started > head_timeout:
                 conn.request_timeout()
-            elif conn.idle() and now - conn.last_activity > settings.keepalive_timeout:
+            elif conn.idle() and now - conn.last_activity > keepalive_timeout:
                 conn.close()
-        self._sweeper = self.loop.call_later(settings.sweep_interval, self._sweep)
+        interval = min(self.settings.sweep_interval, head_timeout / 10)
+        self._sweeper = self.loop.call_later(interval, self._sweep)

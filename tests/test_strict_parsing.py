@@ -7,6 +7,7 @@ well-formed request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import h11
@@ -14,8 +15,8 @@ import httptools
 import pytest
 
 from proxy.metrics import TrafficStats
-from proxy.routing import RoutingTable, Upstream
-from proxy.server import ProxyServer, ServerSettings
+from proxy.routing import ClientLimits, RoutingTable, Upstream
+from proxy.server import ProxyServer
 from tests.conftest import RunningProxy, raw_exchange
 
 SMUGGLING = [
@@ -123,10 +124,11 @@ async def test_slow_request_head_gets_408_within_the_deadline(
 ) -> None:
     """Slowloris: one byte at a time never completes a head; the proxy answers 408 and closes."""
     _, upstream = recorded
+    table = recorded[0].server.table
+    assert table is not None
     server = ProxyServer(
         TrafficStats(),
-        recorded[0].server.table,
-        ServerSettings(head_timeout=0.5, keepalive_timeout=0.5, sweep_interval=0.1),
+        dataclasses.replace(table, limits=ClientLimits(head_timeout=0.5, keepalive_timeout=0.5)),
     )
     listener = await server.listen("127.0.0.1", 0)
     port = int(listener.sockets[0].getsockname()[1])
