@@ -58,7 +58,7 @@ class Exchange:
         "request_complete",
         "response_chunked",
         "response_started",
-        "retried",
+        "retries",
         "route",
         "started",
         "started_at",
@@ -104,7 +104,7 @@ class Exchange:
         self.response_started = False
         self.response_chunked = False
         self.finished = False
-        self.retried = False
+        self.retries = 0
         self.started = False
         self.status = 0
         self.started_at = client.loop.time()
@@ -293,8 +293,12 @@ class Exchange:
             conn.detach()
         stats = self.client.server.stats
         if self._should_retry(kind, response_seen):
-            self.retried = True
-            self.pending = [self.head]
+            self.retries += 1
+            stats.upstream_retry(self.route.colour, kind)
+            if kind != "connect":
+                # The head went out on the failed connection; a connect failure sent nothing,
+                # and everything read so far is still pending.
+                self.pending = [self.head]
             log.debug("retrying on a new connection colour=%s after=%s", self.route.colour, kind)
             assert self.pool is not None
             self.conn_reused = False
@@ -379,15 +383,26 @@ class Exchange:
             self.client.unblock_reading(BLOCK_PENDING_BODY)
 
     def _should_retry(self, kind: str, response_seen: bool) -> bool:
-        # A pooled connection can be closed by the upstream just as it is reused. Such a request
-        # was never processed, so it is safe to send again, once, when it has no body to replay.
+        """Say whether a failed attempt may be made again, within `retry.*` count and time.
+
+        A refused connection sent nothing, so any request may go again: its head and body are
+        still pending. A connection closed or reset after the head went out (a pooled one the
+        upstream had just closed, or an upstream that died) may have been processed, so only an
+        idempotent request without a body (which is streamed, not kept) is sent again, and only
+        while no byte of a response has reached the client.
+        """
+        policy = self.table.retry
+        if (
+            self.retries >= policy.max_retries
+            or self.response_started
+            or response_seen
+            or self.client.loop.time() - self.started_at >= policy.timeout
+        ):
+            return False
+        if kind == "connect":
+            return True
         return (
-            kind in ("closed", "reset")
-            and not response_seen
-            and not self.retried
-            and self.conn_reused
-            and not self.has_body
-            and self.method in IDEMPOTENT_METHODS
+            kind in ("closed", "reset") and not self.has_body and self.method in IDEMPOTENT_METHODS
         )
 
     def _record(self, status: int) -> None:

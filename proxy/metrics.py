@@ -73,6 +73,7 @@ class TrafficStats:
         self.inflight: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.rejected: dict[int, int] = {}
+        self.retries: dict[tuple[str, str], int] = {}
 
     def rejected_request(self, status: int) -> None:
         """Count a request refused before routing (bad framing, no config)."""
@@ -96,6 +97,11 @@ class TrafficStats:
         """Count one failure to reach or read a colour; `kind` is a short fixed word."""
         key = (colour, kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def upstream_retry(self, colour: str, kind: str) -> None:
+        """Count one new attempt after a failure of `kind` that left the request unanswered."""
+        key = (colour, kind)
+        self.retries[key] = self.retries.get(key, 0) + 1
 
     def request_count(self, colour: str, route: str | None = None) -> int:
         """Total requests answered for a colour (optionally one route), for status and tests."""
@@ -153,6 +159,15 @@ class TrafficCollector(Collector):
         for (colour, kind), n in sorted(stats.upstream_errors.items()):
             errors.add_metric((colour, kind), n)
         yield errors
+
+        retries = CounterMetricFamily(
+            "bluegreen_upstream_retries",
+            "Requests sent again after a failure that left them unanswered, by the failure kind.",
+            labels=("colour", "kind"),
+        )
+        for (colour, kind), n in sorted(stats.retries.items()):
+            retries.add_metric((colour, kind), n)
+        yield retries
 
         rejected = CounterMetricFamily(
             "bluegreen_rejected_requests",

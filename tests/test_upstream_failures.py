@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -266,3 +269,55 @@ async def test_past_max_inflight_the_answer_is_a_fast_503(
             assert retry_after == "1"
             assert took < 0.5  # answered at once, not queued behind the slow ones
     assert proxy.server.stats.upstream_errors[("blue", "overload")] == 3
+
+
+STREAMING_UPSTREAM = """
+import socket, sys, time
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+request = b""
+while b"\\r\\n\\r\\n" not in request:
+    request += conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+while True:
+    conn.sendall(b"6\\r\\ntick\\r\\n\\r\\n")
+    time.sleep(0.05)
+"""
+
+
+async def test_upstream_killed_mid_stream_closes_the_client_never_completing(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the upstream process during a streamed response: the client sees the
+    connection end without the last chunk, so it can never take the response as complete."""
+    script = tmp_path / "streaming_upstream.py"
+    script.write_text(STREAMING_UPSTREAM)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        port = int(await asyncio.wait_for(process.stdout.readline(), 10))
+        proxy = await proxy_to(port, ProxyTimeouts(read=5))
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(proxy.url + "/stream") as response,
+            ):
+                assert response.status == 200
+                assert response.headers["Transfer-Encoding"] == "chunked"
+                first = await response.content.readexactly(12)
+                assert first == b"tick\r\n" * 2
+                process.send_signal(signal.SIGKILL)
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await asyncio.wait_for(response.read(), 5)
+            errors = proxy.server.stats.upstream_errors
+            assert errors.get(("blue", "reset"), 0) + errors.get(("blue", "closed"), 0) == 1
+            assert proxy.server.stats.retries == {}  # bytes had reached the client
+        finally:
+            await proxy.server.shutdown(0.5)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
