@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.headers import LAST_CHUNK, ResponseHead, chunk, render_response_head, simple_response
 from proxy.routing import Route, RoutingTable, Upstream
 from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.websocket import GOING_AWAY, FrameTracker, close_frame, is_websocket_request
 
 if TYPE_CHECKING:
     from proxy.downstream import ClientConnection
@@ -46,6 +47,7 @@ class Exchange:
         "conn",
         "conn_reused",
         "finished",
+        "going_away",
         "has_body",
         "head",
         "is_head",
@@ -65,6 +67,8 @@ class Exchange:
         "status",
         "table",
         "upstream",
+        "ws_to_client",
+        "ws_to_upstream",
     )
 
     def __init__(
@@ -107,6 +111,13 @@ class Exchange:
         self.retries = 0
         self.started = False
         self.status = 0
+        # Frame boundaries of a WebSocket tunnel, so it can be ended with a Close frame.
+        self.ws_to_client: FrameTracker | None = None
+        self.ws_to_upstream: FrameTracker | None = None
+        self.going_away: str | None = None  # why the tunnel is being ended, once it is
+        if is_upgrade and is_websocket_request(head):
+            self.ws_to_client = FrameTracker()
+            self.ws_to_upstream = FrameTracker()
         self.started_at = client.loop.time()
         client.server.stats.request_started(route.colour)
 
@@ -156,6 +167,8 @@ class Exchange:
 
     def tunnel_from_client(self, data: bytes) -> None:
         """Forward bytes of an upgraded connection (or bytes sent early, before the 101)."""
+        if self.ws_to_upstream is not None:
+            self.ws_to_upstream.feed(data)
         conn = self.conn
         if conn is not None and self.pending is None:
             conn.write(data)
@@ -270,6 +283,31 @@ class Exchange:
     def tunnel_from_upstream(self, data: bytes) -> None:
         """Forward bytes of an upgraded connection to the client."""
         self.client.write(data)
+        tracker = self.ws_to_client
+        if tracker is not None:
+            tracker.feed(data)
+            if self.going_away is not None and tracker.at_boundary:
+                # go_away() was waiting for the frame in progress to end.
+                self._send_going_away()
+
+    def go_away(self, reason: str) -> None:
+        """End a tunnel that must not stay open (drain after a switch, or shutdown).
+
+        A WebSocket gets a Close frame with code 1001 (going away) both ways, sent between two
+        frames, so both ends see a clean close and the client knows to reconnect; if a frame is
+        still in progress after a second, the tunnel is cut. Any other tunnel is cut at once.
+        """
+        tracker = self.ws_to_client
+        if tracker is None:
+            self.client.abort()
+            return
+        if self.finished or self.going_away is not None:
+            return
+        self.going_away = reason
+        if tracker.at_boundary:
+            self._send_going_away()
+        else:
+            self.client.loop.call_later(1.0, self.client.abort)
 
     def tunnel_closed_by_upstream(self) -> None:
         """The upstream closed a tunnel: close the client side too."""
@@ -324,6 +362,18 @@ class Exchange:
         self.client.close()
 
     # --- internals --------------------------------------------------------------------------
+
+    def _send_going_away(self) -> None:
+        """Send Close 1001 to both ends (to the upstream only between frames), then close."""
+        reason = self.going_away or "going away"
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            to_upstream = self.ws_to_upstream
+            if to_upstream is not None and to_upstream.at_boundary:
+                conn.write(close_frame(GOING_AWAY, reason, masked=True))
+            conn.close_after_write()
+        self.client.write(close_frame(GOING_AWAY, reason, masked=False))
+        self.client.close()
 
     def _overloaded(self, limit: int) -> None:
         self.client.server.stats.upstream_error(self.route.colour, "overload")

@@ -131,6 +131,9 @@ class ProxyServer:
         for conn in list(self.connections):
             if conn.idle():
                 conn.close()
+        # A WebSocket never ends by itself: tell its client now to reconnect elsewhere.
+        for exchange in list(self.tunnels.values()):
+            exchange.go_away("bluegreen: shutting down")
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), grace)
@@ -186,7 +189,10 @@ class ProxyServer:
                         exchange.route.colour,
                         conn.peer_ip,
                     )
-                    conn.abort()
+                    if conn.tunnel is exchange:
+                        exchange.go_away(f"bluegreen: switched to {table.active}")
+                    else:
+                        conn.abort()
 
         timer = self.loop.call_later(table.timeouts.drain, close_stale)
         self._drain_timers.add(timer)

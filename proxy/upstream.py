@@ -269,6 +269,16 @@ class UpstreamConnection(asyncio.Protocol):
         """Stop serving the current exchange without returning to the pool."""
         self.exchange = None
 
+    def close_after_write(self) -> None:
+        """Close the connection once the bytes written so far are sent; it is never reused."""
+        self.exchange = None
+        self.reusable = False
+        self._cancel_timer()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.pool.forget(self)
+
     def close(self) -> None:
         """Close the connection at once; it is never reused."""
         self.exchange = None

@@ -32,6 +32,7 @@ class ColourApp:
     peers: set[tuple[str, int]] = field(default_factory=set)
     requests: list[web.Request] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    ws_close_codes: list[int | None] = field(default_factory=list)  # as each WebSocket ended
 
     @property
     def url(self) -> str:
@@ -117,6 +118,7 @@ def colour_application(state: ColourApp) -> web.Application:
         async for message in socket:
             if message.type == WSMsgType.TEXT:
                 await socket.send_str(f"{state.colour}: {message.data}")
+        state.ws_close_codes.append(socket.close_code)
         return socket
 
     async def healthz(request: web.Request) -> web.Response:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import struct
 
 import aiohttp
 from aiohttp import WSMsgType
 
-from proxy.routing import ProxyTimeouts
-from tests.conftest import RunningProxy, TableFactory
+from proxy.routing import ProxyTimeouts, Upstream
+from proxy.websocket import GOING_AWAY
+from tests.conftest import ColourApp, RunningProxy, TableFactory
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 async def test_websocket_echo_through_the_proxy(proxy: RunningProxy) -> None:
@@ -51,3 +57,93 @@ async def test_websocket_on_old_colour_is_closed_after_drain_timeout(
             assert (await new.receive(timeout=5)).data == "green: after"
         await old.close()
     await asyncio.sleep(0)
+
+
+async def test_drained_websocket_gets_close_1001_at_both_ends(
+    proxy: RunningProxy, make_table: TableFactory, colours: dict[str, ColourApp]
+) -> None:
+    drain = ProxyTimeouts(drain=0.3)
+    proxy.server.swap_table(make_table(timeouts=drain))
+    async with aiohttp.ClientSession() as session, session.ws_connect(proxy.url + "/ws") as old:
+        await old.send_str("hi")
+        assert (await old.receive(timeout=5)).data == "blue: hi"
+        proxy.server.swap_table(make_table("green", version="v2", timeouts=drain))
+        closing = await old.receive(timeout=5)
+        assert closing.type == WSMsgType.CLOSE
+        assert closing.data == GOING_AWAY
+        assert closing.extra == "bluegreen: switched to green"
+    async with asyncio.timeout(5):
+        while not colours["blue"].ws_close_codes:  # noqa: ASYNC110 - the app's own record
+            await asyncio.sleep(0.01)
+    assert colours["blue"].ws_close_codes == [GOING_AWAY]
+
+
+async def test_shutdown_sends_websockets_close_1001_at_once(proxy: RunningProxy) -> None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(proxy.url + "/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "blue: hi"
+        shutdown = asyncio.create_task(proxy.server.shutdown(10))
+        closing = await ws.receive(timeout=2)  # long before the 10 s grace
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, GOING_AWAY)
+        assert closing.extra == "bluegreen: shutting down"
+        await asyncio.wait_for(shutdown, 2)
+
+
+def handshake_answer(request: bytes) -> bytes:
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+
+
+async def test_close_1001_waits_for_the_frame_in_progress(
+    proxy: RunningProxy, make_table: TableFactory
+) -> None:
+    """The drain fires while a frame is half sent: the Close frame follows that frame's end,
+    so the client receives the whole message and then a clean close, never a corrupt frame."""
+    upstream_got = bytearray()
+
+    async def slow_frame(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(handshake_answer(await reader.readuntil(b"\r\n\r\n")))
+        payload = bytes(range(256)) * 4  # 1024 bytes: 126 + 16-bit length
+        writer.write(b"\x82\x7e" + struct.pack("!H", len(payload)) + payload[:500])
+        await writer.drain()
+        await asyncio.sleep(0.8)  # the 0.3 s drain fires in here
+        writer.write(payload[500:])
+        await writer.drain()
+        upstream_got.extend(await reader.read(4096))
+        writer.close()
+
+    raw = await asyncio.start_server(slow_frame, "127.0.0.1", 0)
+    port = int(raw.sockets[0].getsockname()[1])
+    drain = ProxyTimeouts(drain=0.3)
+    ups = {"blue": Upstream("blue", f"http://127.0.0.1:{port}", "127.0.0.1", port)}
+    ups["green"] = make_table().upstreams["green"]
+    try:
+        proxy.server.swap_table(make_table(timeouts=drain, upstreams=ups))
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(proxy.url + "/ws")
+            proxy.server.swap_table(
+                make_table("green", version="v2", timeouts=drain, upstreams=ups)
+            )
+            message = await ws.receive(timeout=5)
+            assert message.type == WSMsgType.BINARY
+            assert message.data == bytes(range(256)) * 4
+            closing = await ws.receive(timeout=5)
+            assert (closing.type, closing.data) == (WSMsgType.CLOSE, GOING_AWAY)
+            await ws.close()
+        # The upstream got a masked Close frame with code 1001.
+        assert upstream_got[:1] == b"\x88"
+        length = upstream_got[1] & 0x7F
+        assert upstream_got[1] & 0x80
+        mask, body = upstream_got[2:6], upstream_got[6 : 6 + length]
+        unmasked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+        assert struct.unpack("!H", unmasked[:2])[0] == GOING_AWAY
+    finally:
+        raw.close()
