@@ -35,8 +35,9 @@ def config_text(colours: dict[str, ColourApp], active: str, extra: str = "") -> 
 class Proxy:
     """A `bluegreen run` subprocess on free loopback ports."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.extra_args = extra_args
         self.port = free_port()
         self.admin_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,6 +63,7 @@ class Proxy:
                 f"127.0.0.1:{self.admin_port}",
                 "--shutdown-grace",
                 "5",
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
