@@ -1,0 +1,183 @@
+"""A real `bluegreen run` process in front of colour apps whose health and answers the test sets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import free_port, start_app
+
+
+class Colour:
+    """A colour app: healthy or not, failing live requests or not, and a path that hangs up."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.healthy = True
+        self.failing = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(status=200 if self.healthy else 503, text="health\n")
+
+        async def hang_up(request: web.Request) -> web.Response:
+            # Close without a response: bluegreen counts an upstream error and answers 502.
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)  # never sent: the connection is gone
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/hang-up", hang_up)
+        app.router.add_get("/{tail:.*}", page)
+        return app
+
+
+def config_text(colours: dict[str, Colour], active: str) -> str:
+    """A config with fast health checks, so that rollbacks happen within a test."""
+    return (
+        f"active: {active}\n"
+        f"upstream.blue: {colours['blue'].url}\n"
+        f"upstream.green: {colours['green'].url}\n"
+        "health.interval: 100ms\nhealth.timeout: 50ms\n"
+        "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
+    )
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Save like an editor: write a temporary file and rename it over the original."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@dataclass
+class Bluegreen:
+    """A `bluegreen run --config FILE` subprocess on loopback ports."""
+
+    config: Path
+    log: Path
+    colours: dict[str, Colour]
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def output(self) -> str:
+        """The process's log so far, for failure messages."""
+        return read_log(self.log)
+
+    def write_config(self, active: str) -> None:
+        """Set `active` in the config file, as an operator's edit would."""
+        atomic_write(self.config, config_text(self.colours, active))
+
+    async def status(self) -> dict[str, Any]:
+        """The /status JSON document."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.admin + "/status", headers={"Accept": "application/json"}) as r,
+        ):
+            document: dict[str, Any] = await r.json()
+            return document
+
+    async def wait_status(self, what: str, check: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll /status until `check(document)` holds; fail with `what` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        document = await self.status()
+        while not check(document):
+            assert time.monotonic() < deadline, f"{what} not seen in {timeout}s: {document}"
+            await asyncio.sleep(0.05)
+            document = await self.status()
+        return document
+
+
+def read_log(log: Path) -> str:
+    """The end of a process's log, for failure messages."""
+    return log.read_text(errors="replace")[-4000:]
+
+
+def start_bluegreen(config: Path, port: int, admin_port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start `bluegreen run` as users do, its output going to `log` (a pipe could fill up)."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "controller.cli", "run"),
+                *("--config", str(config)),
+                *("--listen", f"127.0.0.1:{port}"),
+                *("--admin-listen", f"127.0.0.1:{admin_port}"),
+                *("--shutdown-grace", "2"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _wait_ready(process: subprocess.Popen[bytes], admin: str, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "bluegreen exited: " + read_log(log)
+            try:
+                async with session.get(admin + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("bluegreen not ready in 20s: " + read_log(log))
+
+
+@pytest.fixture
+async def bluegreen(tmp_path: Path) -> AsyncIterator[Bluegreen]:
+    """Colour apps blue and green, and a `bluegreen run` process with blue active."""
+    colours = {name: Colour(name) for name in ("blue", "green")}
+    runners = []
+    for colour in colours.values():
+        runner, colour.port = await start_app(colour.app())
+        runners.append(runner)
+    config = tmp_path / "bluegreen.yaml"
+    config.write_text(config_text(colours, "blue"))
+    port, admin_port = free_port(), free_port()
+    log = tmp_path / "bluegreen.log"
+    process = start_bluegreen(config, port, admin_port, log)
+    try:
+        await _wait_ready(process, f"http://127.0.0.1:{admin_port}", log)
+        yield Bluegreen(config, log, colours, process, port, admin_port)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            # In a thread: the colour apps on this loop must keep answering while it drains.
+            await asyncio.to_thread(process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait, 5)
+        for runner in runners:
+            await runner.cleanup()
