@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import json
@@ -26,6 +27,7 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
+from controller.cli import build_parser
 from tests.tools import debian_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,3 +187,50 @@ def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 def by_name(items: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """Index a list of named items (containers, ports, env) by their `name`."""
     return {item["name"]: item for item in items}
+
+
+# -- the proxy's pod, as the kubelet would run it --------------------------------------------------
+
+
+def pod_spec(rendered: Render) -> dict[str, Any]:
+    """The proxy Deployment's pod spec."""
+    spec: dict[str, Any] = rendered.find("Deployment", "bluegreen")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(rendered: Render) -> dict[str, Any]:
+    """The proxy container."""
+    containers = by_name(pod_spec(rendered)["containers"])
+    assert list(containers) == ["bluegreen"]
+    return dict(containers["bluegreen"])
+
+
+def kubelet_expand(text: str, env: Mapping[str, str]) -> str:
+    """Expand $(VAR) references in args the way the kubelet does ($$ escapes a dollar)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
+
+
+def run_arguments(rendered: Render, namespace: str) -> argparse.Namespace:
+    """The container's command line, as `bluegreen` parses it in a pod of `namespace`.
+
+    The image's ENTRYPOINT is `bluegreen run`; the Deployment gives the rest as args, with
+    downward-API variables that the kubelet expands first.
+    """
+    spec = container(rendered)
+    assert "command" not in spec, "the image's ENTRYPOINT (bluegreen run) must stay"
+    env: dict[str, str] = {}
+    for variable in spec.get("env", []):
+        field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if field == "metadata.namespace":
+            env[variable["name"]] = namespace
+        elif "value" in variable:
+            env[variable["name"]] = variable["value"]
+    args = [kubelet_expand(arg, env) for arg in spec["args"]]
+    return build_parser().parse_args(["run", *args])

@@ -8,15 +8,12 @@ through controller.config, the container's args through the `bluegreen` argument
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from controller.cli import build_parser
 from controller.config import Config, parse_config
 from tests.deploy.manifests import (
     VALIDATE_VERSIONS,
@@ -24,11 +21,14 @@ from tests.deploy.manifests import (
     Kubectl,
     Render,
     by_name,
+    container,
     debian_kubectl,
     kustomizations,
     matches,
     newer_kubectl,
+    pod_spec,
     render,
+    run_arguments,
     validation_errors,
 )
 
@@ -119,50 +119,6 @@ def test_validation_rejects_what_it_should() -> None:
 def proxy(kustomization: str) -> Render:
     """The rendered kustomization, built by the oldest kustomize the manifests support."""
     return render(kustomization, debian_kubectl())
-
-
-def pod_spec(rendered: Render) -> dict[str, Any]:
-    """The proxy Deployment's pod spec."""
-    spec: dict[str, Any] = rendered.find("Deployment", "bluegreen")["spec"]["template"]["spec"]
-    return spec
-
-
-def container(rendered: Render) -> dict[str, Any]:
-    """The proxy container."""
-    containers = by_name(pod_spec(rendered)["containers"])
-    assert list(containers) == ["bluegreen"]
-    return dict(containers["bluegreen"])
-
-
-def kubelet_expand(text: str, env: Mapping[str, str]) -> str:
-    """Expand $(VAR) references in args the way the kubelet does ($$ escapes a dollar)."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
-
-
-def run_arguments(rendered: Render, namespace: str) -> argparse.Namespace:
-    """The container's command line, as `bluegreen` parses it in a pod of `namespace`.
-
-    The image's ENTRYPOINT is `bluegreen run`; the Deployment gives the rest as args, with
-    downward-API variables that the kubelet expands first.
-    """
-    spec = container(rendered)
-    assert "command" not in spec, "the image's ENTRYPOINT (bluegreen run) must stay"
-    env: dict[str, str] = {}
-    for variable in spec.get("env", []):
-        field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-        if field == "metadata.namespace":
-            env[variable["name"]] = namespace
-        elif "value" in variable:
-            env[variable["name"]] = variable["value"]
-    args = [kubelet_expand(arg, env) for arg in spec["args"]]
-    return build_parser().parse_args(["run", *args])
 
 
 def shipped_config(rendered: Render) -> Config:
