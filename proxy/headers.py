@@ -27,7 +27,8 @@ HOP_BY_HOP = frozenset(
 )
 COLOUR_HEADER = b"X-Bluegreen-Colour"
 # Connection tokens that are options or fields handled anyway, not extra fields to remove.
-_NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"content-length", b"x-bluegreen-colour"}
+# Host is among them: a client that names it in Connection must not make the proxy drop it.
+_NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"host", b"content-length", b"x-bluegreen-colour"}
 
 
 class RequestHeadError(ValueError):
