@@ -31,6 +31,10 @@ COLOUR_HEADER = b"X-Bluegreen-Colour"
 _NOT_FIELD_NAMES = HOP_BY_HOP | {b"", b"close", b"host", b"content-length", b"x-bluegreen-colour"}
 
 
+# RFC 9110 7.2 / RFC 3986 3.2.2: a reg-name or an IP literal in brackets, with an optional port.
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+
+
 class RequestHeadError(ValueError):
     """A request head that the proxy refuses; the message is safe to show to the client."""
 
@@ -140,8 +144,9 @@ def build_upstream_request(
     if host_count != 1 or host is None:
         problem = "missing Host header" if host_count == 0 else "repeated Host header"
         raise RequestHeadError(f"bad request: {problem}")
-    if not host.strip():
-        raise RequestHeadError("bad request: empty Host header")
+    if _HOST_VALUE.fullmatch(host) is None:
+        what = "empty" if not host.strip() else "invalid"
+        raise RequestHeadError(f"bad request: {what} Host header")
     if named:
         # Rare: fields that the client's Connection names are hop-by-hop too; rebuild without.
         return build_upstream_request(
