@@ -30,6 +30,17 @@ Keys, with their defaults (durations take a unit: `500ms`, `2s`, `5m`, `1h`, or 
     pool.maxInflight          10000      concurrent requests per colour; past it a fast 503
                                          with Retry-After, instead of a queue (0: no limit)
     pool.idleTimeout          4s         an idle keep-alive connection is closed after this
+    retry.maxRetries          2          new attempts after a failure that left a request
+                                         unanswered (0: never)
+    retry.timeout             10s        no new attempt starts later than this after the head
+    limits.requestHeadSize    64Ki       request line and fields; past it 431 (sizes: bytes,
+                                         or Ki/Mi/Gi, k/M/G)
+    limits.uriSize            8Ki        request target; past it 414
+    limits.headerCount        100        fields per request; past it 431
+    limits.bodySize           100Mi      request body, counted as it streams; past it 413 (0: none)
+    limits.connections        10000      client connections; past it 503 + Retry-After (0: none)
+    timeout.requestHead       30s        the whole request head must arrive within it; else 408
+    timeout.keepAlive         60s        an idle client keep-alive connection is closed after it
 
 `preview.colour` is optional. Without it, with exactly two colours the preview colour is the one
 that is not active; with three or more, preview is off. Preview is also off while

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from controller.config import Config, ConfigError, parse_config
-from controller.kube import ConfigMapVersion, GoneError, KubeClient, KubeError
+from controller.kube import ConfigMapVersion, ForbiddenError, GoneError, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,15 @@ class ConfigMapSource:
                 self.connected.clear()
                 delay = self.backoff.delay(attempt)
                 attempt += 1
+                # A 403 is not an outage: say so, since the fix is RBAC, not the network.
+                problem = (
+                    "API server refused access (check the Role and RoleBinding)"
+                    if isinstance(error, ForbiddenError)
+                    else "API server unreachable"
+                )
                 log.warning(
-                    "API server unreachable, serving the last good config configmap=%s "
-                    "error=%r retry_in=%.2fs",
+                    "%s, serving the last good config configmap=%s error=%r retry_in=%.2fs",
+                    problem,
                     self.kube.ref,
                     str(error) or type(error).__name__,
                     delay,

@@ -44,6 +44,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
     60.0,
 )
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# The `reason` values of bluegreen_rollbacks_total (controller/rollback.py decides them).
+ROLLBACK_REASONS = ("unhealthy", "error_rate", "target_unhealthy")
 
 
 @dataclass(slots=True)
@@ -220,8 +222,11 @@ class ControlMetrics:
             ("colour",),
             registry=registry,
         )
+        # Every label value exists from the start at 0, so that increase() sees the first one.
         for result in ("accepted", "rejected"):
             self.config_reloads.labels(result)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason)
 
     def show_active(self, colours: tuple[str, ...], active: str) -> None:
         """Set the active-colour gauge: 1 for `active`, 0 for every other colour."""

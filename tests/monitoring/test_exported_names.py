@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.metrics import ROLLBACK_REASONS
 from tests.conftest import raw_exchange
 from tests.monitoring.assets import (
     METRICS_DOC,
@@ -162,7 +163,8 @@ async def test_alerts_and_dashboard_read_only_what_the_process_exports(
     }
     assert families <= used, sorted(families - used)
     assert families <= set(exported), sorted(families - set(exported))
-    assert exported["bluegreen_rollbacks_total"]["reason"] == {"unhealthy"}
+    # Every reason exists from the start (at 0), so increase() sees the first rollback.
+    assert exported["bluegreen_rollbacks_total"]["reason"] == set(ROLLBACK_REASONS)
     assert exported["bluegreen_upstream_errors_total"]["colour"] == {"blue"}
     assert exported["bluegreen_upstream_retries_total"]["colour"] == {"blue"}
     assert exported["bluegreen_rejected_requests_total"]["code"] == {"400"}
