@@ -93,6 +93,19 @@ def colour_application(state: ColourApp) -> web.Application:
         await response.write_eof()
         return response
 
+    async def ticks(request: web.Request) -> web.StreamResponse:
+        """Stream `<colour> tick N` lines, one every `interval` seconds: a long-lived response."""
+        await remember(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        interval = float(request.query.get("interval", "0.05"))
+        for n in range(int(request.query.get("count", "1000"))):
+            await response.write(f"{state.colour} tick {n}\n".encode())
+            await asyncio.sleep(interval)
+        await response.write_eof()
+        return response
+
     async def headers(request: web.Request) -> web.Response:
         await remember(request)
         return web.json_response(
@@ -132,6 +145,7 @@ def colour_application(state: ColourApp) -> web.Application:
     app.router.add_get("/download", download)
     app.router.add_get("/headers", headers)
     app.router.add_get("/slow", slow)
+    app.router.add_get("/ticks", ticks)
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app

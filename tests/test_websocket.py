@@ -8,6 +8,7 @@ import hashlib
 import struct
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType
 
 from proxy.routing import ProxyTimeouts, Upstream
@@ -147,3 +148,29 @@ async def test_close_1001_waits_for_the_frame_in_progress(
         assert struct.unpack("!H", unmasked[:2])[0] == GOING_AWAY
     finally:
         raw.close()
+
+
+async def test_streaming_response_on_old_colour_lives_until_drain_timeout(
+    proxy: RunningProxy, make_table: TableFactory
+) -> None:
+    """A long response keeps flowing through the drain window, then is cut (never looking
+    complete), and the client's next request lands on the new colour."""
+    drain = ProxyTimeouts(drain=0.5)
+    proxy.server.swap_table(make_table(timeouts=drain))
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/ticks") as stream:
+            assert stream.headers["X-Bluegreen-Colour"] == "blue"
+            assert (await stream.content.readline()).startswith(b"blue tick 0")
+            proxy.server.swap_table(make_table("green", version="v2", timeouts=drain))
+            switched = loop.time()
+            after_switch = 0
+            with pytest.raises(aiohttp.ClientPayloadError):
+                while line := await asyncio.wait_for(stream.content.readline(), 5):
+                    assert line.startswith(b"blue tick")
+                    after_switch += 1
+            cut_after = loop.time() - switched
+        assert after_switch >= 3  # still flowing during the drain window
+        assert 0.4 <= cut_after < 2.0
+        async with session.get(proxy.url + "/") as response:
+            assert response.headers["X-Bluegreen-Colour"] == "green"
