@@ -19,6 +19,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from proxy.exchange import BLOCK_PIPELINE, Exchange
 from proxy.headers import RequestHeadError, build_upstream_request, simple_response
+from proxy.routing import DEFAULT_LIMITS
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -60,7 +61,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.head_started: float | None = None
         self.head_bytes = 0  # bytes read while a head was incomplete
-        self.head_size = 0  # bytes of the current head's target and fields, as parsed
+        self.head_size = 0  # bytes of the current head's target and fields, while measured
+        self.measure_head = False  # count field sizes: only when a read could pass the limit
         self.body_size = 0  # bytes of the current request's body so far
         self.limits = server.limits  # snapshot per request head: the table may change
         self.over_capacity = False
@@ -127,6 +129,12 @@ class ClientConnection(asyncio.Protocol):
             data = self._pass_body_through(data)
             if not data:
                 return
+        if self.head_bytes + len(data) > self.limits.max_head_size:
+            # This read could carry a head past the limit: count field sizes as they come.
+            # Smaller reads cannot, so the common case pays nothing per field.
+            self._start_measuring_head()
+        elif self.measure_head:
+            self.measure_head = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -164,7 +172,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_started = self.loop.time()
         self.head_bytes = 0
         self.body_size = 0
-        self.limits = self.server.limits
+        self.head_size = 0
+        table = self.server.table
+        self.limits = table.limits if table is not None else DEFAULT_LIMITS
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target (llhttp may hand it over in pieces)."""
@@ -174,17 +184,12 @@ class ClientConnection(asyncio.Protocol):
             raise RequestHeadError(_too_large("request target", self.limits.max_uri_size), 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header field, within the limits on their count and total size."""
-        headers = self.headers
-        headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        limits = self.limits
-        if self.head_size > limits.max_head_size:
-            raise RequestHeadError(_too_large("request head", limits.max_head_size), 431)
-        if len(headers) > limits.max_header_count:
-            raise RequestHeadError(
-                f"request header fields: more than {limits.max_header_count}", 431
-            )
+        """Collect one header field (its size counted only while a head may be too large)."""
+        self.headers.append((name, value))
+        if self.measure_head:
+            self.head_size += len(name) + len(value) + 4
+            if self.head_size > self.limits.max_head_size:
+                raise RequestHeadError(_too_large("request head", self.limits.max_head_size), 431)
 
     def on_headers_complete(self) -> None:
         """Route the request with the table current now and queue its exchange."""
@@ -197,6 +202,11 @@ class ClientConnection(asyncio.Protocol):
             raise RequestHeadError("bad request: CONNECT is not supported by a reverse proxy")
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
+        if len(self.headers) > self.limits.max_header_count:
+            # Checked once per head: their total size is bounded by the head size limit.
+            raise RequestHeadError(
+                f"request header fields: more than {self.limits.max_header_count}", 431
+            )
         if self.over_capacity:
             raise RequestHeadError(
                 f"bluegreen: {self.limits.max_connections} client connections open, the limit "
@@ -359,6 +369,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     # --- internals --------------------------------------------------------------------------
+
+    def _start_measuring_head(self) -> None:
+        """Count the size of the head in progress from now on, starting with what it has."""
+        self.measure_head = True
+        if self.head_started is not None:
+            self.head_size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
     def _current_upstream(self) -> UpstreamConnection | None:
         exchange = self.tunnel or (self.queue[0] if self.queue else None)

@@ -118,6 +118,9 @@ class ClientLimits:
     keepalive_timeout: float = 60.0  # idle keep-alive connections are closed after this
 
 
+DEFAULT_LIMITS = ClientLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often a failed upstream attempt is tried again, and for how long.

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from proxy.downstream import ClientConnection
 from proxy.exchange import Exchange
 from proxy.metrics import TrafficStats
-from proxy.routing import LIVE, ClientLimits, RoutingTable, Upstream
+from proxy.routing import DEFAULT_LIMITS, LIVE, ClientLimits, RoutingTable, Upstream
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
-
-
-DEFAULT_LIMITS = ClientLimits()
 
 
 @dataclass(frozen=True, slots=True)
