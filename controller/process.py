@@ -282,6 +282,7 @@ class ProxyProcess:
         """Keep the last good table and report why this version was refused."""
         self.state.rejected(str(error))
         self.metrics.config_reloads.labels("rejected").inc()
+        self.metrics.config_last_reload_successful.set(0)
         current = self.state.table.version if self.state.table is not None else None
         log.error("config rejected, keeping version=%s error=%r", current, str(error))
 
@@ -380,6 +381,7 @@ class ProxyProcess:
 def _count_accepted(metrics: ControlMetrics, colours: tuple[str, ...], active: str) -> None:
     metrics.config_reloads.labels("accepted").inc()
     metrics.config_last_success.set_to_current_time()
+    metrics.config_last_reload_successful.set(1)
     metrics.show_active(colours, active)
 
 

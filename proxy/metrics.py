@@ -208,6 +208,14 @@ class ControlMetrics:
             "Unix time of the last accepted config.",
             registry=registry,
         )
+        self.config_last_reload_successful = Gauge(
+            "bluegreen_config_last_reload_successful",
+            "1 when the last config version seen was accepted, 0 while it is rejected (the last "
+            "good config keeps routing).",
+            registry=registry,
+        )
+        # Unknown until the first version is seen: NaN, so that `== 0` is not true at start-up.
+        self.config_last_reload_successful.set(float("nan"))
         self.rollbacks = Counter(
             "bluegreen_rollbacks",
             "Automatic rollbacks and refused switches, by reason: unhealthy, error_rate, "

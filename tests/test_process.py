@@ -209,6 +209,7 @@ async def test_invalid_edit_is_rejected_and_the_last_good_config_kept(
         assert response.headers["X-Bluegreen-Colour"] == "blue"
         metrics = await (await session.get(proxy.admin + "/metrics")).text()
     assert 'bluegreen_config_reloads_total{result="rejected"} 1.0' in metrics
+    assert "bluegreen_config_last_reload_successful 0.0" in metrics
     # A good edit afterwards applies and clears the error.
     atomic_write(config, config_text(colours, "green"))
     deadline = time.monotonic() + 5
@@ -218,6 +219,9 @@ async def test_invalid_edit_is_rejected_and_the_last_good_config_kept(
             break
         await asyncio.sleep(0.05)
     assert document["active"] == "green" and document["last_error"] is None
+    async with aiohttp.ClientSession() as session:
+        metrics = await (await session.get(proxy.admin + "/metrics")).text()
+    assert sample(metrics, "bluegreen_config_last_reload_successful") == 1
 
 
 def sample(metrics: str, name: str, **labels: str) -> float:
