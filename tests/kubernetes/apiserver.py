@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -302,7 +303,10 @@ class KubeApiServer:
         user = self._users.get(token)
         name = user.name if user else "token-user"
         if path is None:
-            path = self.dir / f"kubeconfig-{name}.yaml"
+            # A ServiceAccount's user name holds colons, which kubeconfig loaders read as a
+            # path list separator: keep the file name to safe characters.
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+            path = self.dir / f"kubeconfig-{safe}.yaml"
         cluster: dict[str, object] = {"server": self.url}
         if self.ca_file.is_file():
             cluster["certificate-authority"] = str(self.ca_file)
