@@ -254,6 +254,8 @@ def _cluster_status(args: argparse.Namespace) -> int:
     except (KubeError, OSError, ConfigException) as error:
         print(f"bluegreen: cannot read ConfigMap {args.configmap}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if not _add_running(args, document):
+        return EXIT_FAILED
     if args.output == "json":
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -270,7 +272,34 @@ def _cluster_status(args: argparse.Namespace) -> int:
         )
     for event in document["events"][-5:]:
         print(f"  event {event['at']} {event['reason']}: {event['message']}")
+    _print_running(document.get("running"))
     return EXIT_OK
+
+
+def _add_running(args: argparse.Namespace, document: dict[str, Any]) -> bool:
+    """With --admin, add the running proxy's /status as `running`; False when unreachable."""
+    if not args.admin:
+        return True
+    try:
+        document["running"] = _fetch_status(args.admin)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        print(f"bluegreen: cannot read {args.admin}: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def _print_running(running: dict[str, Any] | None) -> None:
+    """Print what one running proxy reports: its colour, health per colour, last switches."""
+    if running is None:
+        return
+    print(f"running proxy active={running['active']} version={running['config_version']}")
+    for colour, detail in running.get("colours", {}).items():
+        why = f" ({detail['health_error']})" if detail.get("health_error") else ""
+        print(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
+    if running.get("last_error"):
+        print(f"last rejected config: {running['last_error']}")
+    for record in running.get("switches", [])[:5]:
+        print(f"  {record['at']}  {record['from']} -> {record['to']}  ({record['reason']})")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -287,12 +316,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "active": config.active,
         "upstreams": dict(config.upstreams),
     }
-    if args.admin:
-        try:
-            document["running"] = _fetch_status(args.admin)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            print(f"bluegreen: cannot read {args.admin}: {error}", file=sys.stderr)
-            return EXIT_FAILED
+    if not _add_running(args, document):
+        return EXIT_FAILED
     if args.output == "json":
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -300,16 +325,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"active        {config.active}")
     for colour, url in config.upstreams.items():
         print(f"  {colour:<12}{url}")
-    running = document.get("running")
-    if running is not None:
-        print(f"running proxy active={running['active']} version={running['config_version']}")
-        for colour, detail in running.get("colours", {}).items():
-            why = f" ({detail['health_error']})" if detail.get("health_error") else ""
-            print(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
-        if running.get("last_error"):
-            print(f"last rejected config: {running['last_error']}")
-        for record in running.get("switches", [])[:5]:
-            print(f"  {record['at']}  {record['from']} -> {record['to']}  ({record['reason']})")
+    _print_running(document.get("running"))
     return EXIT_OK
 
 

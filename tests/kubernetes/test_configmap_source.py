@@ -351,6 +351,28 @@ async def test_cli_switch_status_and_rollback_on_a_configmap(cluster: Cluster) -
     assert "active        blue" in text.stdout
 
 
+async def test_cli_cluster_status_with_admin_shows_the_running_proxy(cluster: Cluster) -> None:
+    proxy = await cluster.start_proxy()
+    admin = f"http://127.0.0.1:{proxy.admin_port}"
+    target = ["--configmap", str(cluster.ref), "--kubeconfig", str(cluster.server.kubeconfig)]
+    loop = asyncio.get_running_loop()
+    status = await loop.run_in_executor(
+        None, lambda: cli("status", "-o", "json", "--admin", admin, *target)
+    )
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert document["active"] == "blue"
+    assert document["running"]["active"] == "blue"
+    assert set(document["running"]["colours"]) == {"blue", "green"}
+    text = await loop.run_in_executor(None, lambda: cli("status", "--admin", admin, *target))
+    assert "running proxy active=blue" in text.stdout
+    unreachable = await loop.run_in_executor(
+        None, lambda: cli("status", "--admin", "http://127.0.0.1:1", *target)
+    )
+    assert unreachable.returncode == 1
+    assert "cannot read http://127.0.0.1:1" in unreachable.stderr
+
+
 def test_configmap_ref_parsing() -> None:
     assert ConfigMapRef.parse("default/bluegreen") == ConfigMapRef("default", "bluegreen")
     with pytest.raises(ValueError, match="NAMESPACE/NAME"):

@@ -21,6 +21,7 @@ from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
 from tests.conftest import start_app
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.kubernetes.test_configmap_source import wait_for_async
 from tests.test_rollback import Colour
 
 LEASE = LeaseSettings(duration=3, renew_deadline=2, retry_period=1)
@@ -191,7 +192,17 @@ async def test_switch_to_an_unhealthy_colour_is_refused(replicas: Replicas) -> N
     assert replicas.processes[0].state.switches[0].reason == "refused: green unhealthy"
 
     await configmap_says(replicas, "blue")
+    # The Event is recorded after the write-back: wait for it, then make sure it stays one.
+    await wait_for_async(
+        lambda: _has_events(replicas, "TargetUnhealthy"),
+        5,
+    )
+    await asyncio.sleep(1)  # every replica has had time to try recording it too
     assert len(await replicas.events("TargetUnhealthy")) == 1
+
+
+async def _has_events(replicas: Replicas, reason: str) -> bool:
+    return bool(await replicas.events(reason))
 
 
 async def test_a_new_leader_takes_over_and_still_rolls_back(replicas: Replicas) -> None:
