@@ -46,6 +46,7 @@ class Exchange:
         "colour_line",
         "conn",
         "conn_reused",
+        "early",
         "finished",
         "going_away",
         "has_body",
@@ -115,6 +116,9 @@ class Exchange:
         self.ws_to_client: FrameTracker | None = None
         self.ws_to_upstream: FrameTracker | None = None
         self.going_away: str | None = None  # why the tunnel is being ended, once it is
+        # Bytes a client sent after an upgrade request, before the upstream accepted it: held
+        # until the 101, so that a declined upgrade can never smuggle them in as a request.
+        self.early: list[bytes] | None = [] if is_upgrade else None
         if is_upgrade and is_websocket_request(head):
             self.ws_to_client = FrameTracker()
             self.ws_to_upstream = FrameTracker()
@@ -166,7 +170,14 @@ class Exchange:
                 self.pending.append(LAST_CHUNK)
 
     def tunnel_from_client(self, data: bytes) -> None:
-        """Forward bytes of an upgraded connection (or bytes sent early, before the 101)."""
+        """Forward bytes of an upgraded connection; hold those sent before the 101."""
+        early = self.early
+        if early is not None:
+            early.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > PENDING_BODY_LIMIT:
+                self.client.block_reading(BLOCK_PENDING_BODY)
+            return
         if self.ws_to_upstream is not None:
             self.ws_to_upstream.feed(data)
         conn = self.conn
@@ -258,8 +269,18 @@ class Exchange:
                 upgrade=upgrade,
             )
         )
+        early, self.early = self.early, None
         if upgrade:
             self.client.start_tunnel(self)
+            if early:
+                self.pending_size = 0
+                self.client.unblock_reading(BLOCK_PENDING_BODY)
+                for data in early:
+                    self.tunnel_from_client(data)
+        elif early:
+            # Declined: what the client sent for the tunnel is dropped, never forwarded, and
+            # the connection closes after this response (keep_alive is off, see above).
+            log.info("upgrade declined, dropping %d early bytes", sum(map(len, early)))
 
     def response_body(self, data: bytes) -> None:
         """Forward a piece of the response body."""

@@ -166,3 +166,27 @@ async def test_slow_request_head_gets_408_within_the_deadline(
         assert upstream.received.count(b"GET / HTTP/1.1") == 1
     finally:
         await server.shutdown(0.5)
+
+
+async def test_a_declined_upgrade_never_smuggles_the_bytes_after_it(
+    recorded: tuple[RunningProxy, RecordingUpstream],
+) -> None:
+    """Bytes sent after an upgrade request are held until the upstream answers 101. When it
+    declines (here: 200), they are dropped, so a request hidden behind the upgrade never
+    reaches the upstream unparsed (the WebSocket smuggling of Varnish and Envoy advisories)."""
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /internal HTTP/1.1\r\nHost: internal\r\nX-Bluegreen-Preview: 1\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in raw
+    await asyncio.sleep(0.1)
+    assert b"/internal" not in upstream.received
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(bytes(upstream.received))
+    request = server.next_event()
+    assert isinstance(request, h11.Request) and request.target == b"/ws"
+    assert isinstance(server.next_event(), h11.EndOfMessage)
+    assert server.trailing_data == (b"", False)
