@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proxy_process import percentile, start_proxy, wait_ready
 from controller.file_source import write_active
+from tests.conftest import BreakableColour as Colour
 from tests.conftest import free_port
-from tests.test_rollback import Colour
 
 
 async def run(switches: int, clients: int) -> None:

@@ -151,6 +151,57 @@ def colour_application(state: ColourApp) -> web.Application:
     return app
 
 
+class BreakableColour:
+    """A colour app whose health, whose answers to live traffic, and whose connections the
+    test can break: /healthz follows `healthy`, every page answers 500 while `failing`, and
+    /hang-up closes the connection without a response."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.healthy = True
+        self.failing = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(status=200 if self.healthy else 503, text="health\n")
+
+        async def hang_up(request: web.Request) -> web.Response:
+            # Close without a response: bluegreen counts an upstream error and answers 502.
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)  # never sent: the connection is gone
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/hang-up", hang_up)
+        app.router.add_get("/{tail:.*}", page)
+        return app
+
+
+# Health checks fast enough for a test to see a colour turn unhealthy and a rollback happen.
+FAST_HEALTH_CHECKS = (
+    "health.interval: 100ms\nhealth.timeout: 50ms\n"
+    "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
+)
+
+
+def breakable_config(colours: dict[str, BreakableColour], active: str, extra: str = "") -> str:
+    """A config over two breakable colours with fast health checks."""
+    return (
+        f"active: {active}\n"
+        f"upstream.blue: {colours['blue'].url}\n"
+        f"upstream.green: {colours['green'].url}\n" + FAST_HEALTH_CHECKS + extra
+    )
+
+
 def free_port() -> int:
     """Return a loopback port nobody listens on (bound, then released)."""
     with socket.socket() as sock:

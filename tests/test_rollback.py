@@ -10,13 +10,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 
 from controller.file_source import write_active
 from controller.health import Health
 from controller.process import Endpoint, ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
-from tests.conftest import start_app
+from tests.conftest import BreakableColour as Colour
+from tests.conftest import breakable_config, start_app
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
 POLICY = Policy(enabled=True, window=60.0, max_error_rate=0.5, min_requests=4)
@@ -82,30 +82,10 @@ def test_preflight(health: Health, policy: Policy, action: Action) -> None:
         assert decision.reason == "refused: green unhealthy"
 
 
-class Colour:
-    """A colour app whose health and whose answers to live traffic the test can break."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.healthy = True
-        self.failing = False
-        self.port = 0
-
-    def app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.Response(status=200 if self.healthy else 503, text="health\n")
-
-        async def page(request: web.Request) -> web.Response:
-            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/{tail:.*}", page)
-        return app
-
-
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProxyProcess, dict[str, Colour], Path]]:
+async def setup(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[ProxyProcess, dict[str, Colour], Path]]:
     colours = {"blue": Colour("blue"), "green": Colour("green")}
     runners = []
     for colour in colours.values():
@@ -113,12 +93,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[ProxyProcess, dict[str, C
         runners.append(runner)
     config = tmp_path / "bluegreen.yaml"
     config.write_text(
-        "active: blue\n"
-        f"upstream.blue: http://127.0.0.1:{colours['blue'].port}\n"
-        f"upstream.green: http://127.0.0.1:{colours['green'].port}\n"
-        "health.interval: 100ms\nhealth.timeout: 50ms\n"
-        "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
-        "rollback.minRequests: 10\nrollback.maxErrorRate: 0.3\n"
+        breakable_config(colours, "blue", "rollback.minRequests: 10\nrollback.maxErrorRate: 0.3\n")
     )
     process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
     task = asyncio.create_task(process.run())

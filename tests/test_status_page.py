@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from controller.process import Endpoint, ProxyProcess
-from tests.conftest import start_app
+from tests.conftest import BreakableColour as Colour
+from tests.conftest import breakable_config, start_app
 from tests.test_process import atomic_write
 from tests.tools import debian_tool
 
@@ -39,41 +39,6 @@ CHROMIUM_ARGS = [
 WAIT_MS = 5000  # every wait for the page to show something is bounded by this
 XSS = "<img src=x onerror=window.__xss=1>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class Colour:
-    """A colour app whose health check the test can fail."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.healthy = True
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.Response(status=200 if self.healthy else 503, text="health\n")
-
-        async def page(request: web.Request) -> web.Response:
-            return web.Response(text=f"hello from {self.name}\n")
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/{tail:.*}", page)
-        return app
-
-
-def config_text(colours: dict[str, Colour], active: str) -> str:
-    return (
-        f"active: {active}\n"
-        f"upstream.blue: {colours['blue'].url}\n"
-        f"upstream.green: {colours['green'].url}\n"
-        "health.interval: 100ms\nhealth.timeout: 50ms\n"
-        "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
-    )
 
 
 async def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -102,7 +67,7 @@ async def process(
 ) -> AsyncIterator[tuple[ProxyProcess, Path, asyncio.Task[None]]]:
     """A ProxyProcess serving from a config file, with both colours already healthy."""
     config = tmp_path / "bluegreen.yaml"
-    config.write_text(config_text(colours, "blue"))
+    config.write_text(breakable_config(colours, "blue"))
     running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
     task = asyncio.create_task(running.run())
 
@@ -194,7 +159,7 @@ async def test_status_page_follows_switch_rollback_error_and_lost_connection(
     await expect(page.locator("#switches tbody")).to_contain_text("no switch")
 
     # A person switches to green by editing the file: the open page follows.
-    atomic_write(config, config_text(colours, "green"))
+    atomic_write(config, breakable_config(colours, "green"))
     await expect(page.locator("#active")).to_have_text("green", timeout=WAIT_MS)
     latest = page.locator("#switches tbody tr").first
     await expect(latest).to_contain_text("blue", timeout=WAIT_MS)
@@ -218,7 +183,7 @@ async def test_status_page_follows_switch_rollback_error_and_lost_connection(
 
     # An invalid edit, with markup in it: rejected, shown as text, never as markup.
     await wait(lambda: "active: blue" in config.read_text(), 5, "rollback written back")
-    atomic_write(config, config_text(colours, XSS) + "drain.timeout: soon\n")
+    atomic_write(config, breakable_config(colours, XSS) + "drain.timeout: soon\n")
     error = page.locator("#last-error pre")
     await expect(error).to_contain_text(f"'{XSS}' is not one of the colours", timeout=WAIT_MS)
     await expect(error).to_contain_text("drain.timeout: 'soon' is not a duration")

@@ -19,10 +19,10 @@ from controller.history import HISTORY_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
+from tests.conftest import BreakableColour as Colour
 from tests.conftest import start_app
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.test_configmap_source import wait_for_async
-from tests.test_rollback import Colour
 
 LEASE = LeaseSettings(duration=3, renew_deadline=2, retry_period=1)
 MERGE_PATCH = "application/merge-patch+json"

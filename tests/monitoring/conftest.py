@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -15,60 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.conftest import free_port, start_app
-
-
-class Colour:
-    """A colour app: healthy or not, failing live requests or not, and a path that hangs up."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.healthy = True
-        self.failing = False
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.Response(status=200 if self.healthy else 503, text="health\n")
-
-        async def hang_up(request: web.Request) -> web.Response:
-            # Close without a response: bluegreen counts an upstream error and answers 502.
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response(status=200)  # never sent: the connection is gone
-
-        async def page(request: web.Request) -> web.Response:
-            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/hang-up", hang_up)
-        app.router.add_get("/{tail:.*}", page)
-        return app
+from tests.conftest import BreakableColour as Colour
+from tests.conftest import breakable_config, free_port, start_app
+from tests.test_process import atomic_write
 
 
 def config_text(colours: dict[str, Colour], active: str) -> str:
     """A config with fast health checks, so that rollbacks happen within a test."""
-    return (
-        f"active: {active}\n"
-        f"upstream.blue: {colours['blue'].url}\n"
-        f"upstream.green: {colours['green'].url}\n"
-        "health.interval: 100ms\nhealth.timeout: 50ms\n"
-        "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
-    )
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Save like an editor: write a temporary file and rename it over the original."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    return breakable_config(colours, active)
 
 
 @dataclass
