@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 import uvloop
 from aiohttp import WSMsgType, web
@@ -200,6 +202,28 @@ def breakable_config(colours: dict[str, BreakableColour], active: str, extra: st
         f"upstream.blue: {colours['blue'].url}\n"
         f"upstream.green: {colours['green'].url}\n" + FAST_HEALTH_CHECKS + extra
     )
+
+
+async def wait_until_ready(
+    admin: str, exited: Callable[[], bool], output: Callable[[], str], timeout: float = 20
+) -> None:
+    """Poll a `bluegreen run` process's /readyz until it answers 200.
+
+    Fails at once when `exited()` says the process is gone, and after `timeout` seconds, both
+    times with the process's `output()` in the message.
+    """
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert not exited(), "bluegreen exited: " + output()
+            try:
+                async with session.get(admin + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"bluegreen not ready in {timeout:g}s: " + output())
 
 
 def free_port() -> int:

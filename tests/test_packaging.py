@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ColourApp, free_port
+from tests.conftest import ColourApp, free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -307,28 +307,15 @@ async def bluegreen_run(
             await process.wait()
 
 
-async def wait_ready(session: aiohttp.ClientSession, admin: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            async with session.get(admin + "/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            output = await asyncio.to_thread(log.read_text)
-            raise AssertionError(f"never ready:\n{output}")
-        await asyncio.sleep(0.05)
-
-
 async def test_installed_proxy_routes_and_stops_cleanly_on_sigterm(
     bluegreen_run: tuple[asyncio.subprocess.Process, int, int, Path],
 ) -> None:
     process, port, admin_port, log = bluegreen_run
     proxy, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     async with aiohttp.ClientSession() as session:
-        await wait_ready(session, admin, log)
+        await wait_until_ready(
+            admin, lambda: process.returncode is not None, lambda: log.read_text(errors="replace")
+        )
         async with session.get(proxy + "/") as response:
             assert response.status == 200
             assert response.headers["X-Bluegreen-Colour"] == "blue"

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ColourApp, free_port
+from tests.conftest import ColourApp, free_port, wait_until_ready
 
 BLUEGREEN = [sys.executable, "-m", "controller.cli"]
 
@@ -70,18 +70,9 @@ class Proxy:
         )
 
     async def wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.process is not None and self.process.poll() is None, self.output()
-                try:
-                    async with session.get(self.admin + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError("proxy not ready in 20s: " + self.output())
+        process = self.process
+        assert process is not None
+        await wait_until_ready(self.admin, lambda: process.poll() is not None, self.output)
 
     def stop(self) -> int:
         assert self.process is not None

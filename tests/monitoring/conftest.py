@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import BreakableColour as Colour
-from tests.conftest import breakable_config, free_port, start_app
+from tests.conftest import breakable_config, free_port, start_app, wait_until_ready
 from tests.test_process import atomic_write
 
 
@@ -93,21 +93,6 @@ def start_bluegreen(config: Path, port: int, admin_port: int, log: Path) -> subp
         )
 
 
-async def _wait_ready(process: subprocess.Popen[bytes], admin: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "bluegreen exited: " + read_log(log)
-            try:
-                async with session.get(admin + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("bluegreen not ready in 20s: " + read_log(log))
-
-
 @pytest.fixture
 async def bluegreen(tmp_path: Path) -> AsyncIterator[Bluegreen]:
     """Colour apps blue and green, and a `bluegreen run` process with blue active."""
@@ -122,7 +107,11 @@ async def bluegreen(tmp_path: Path) -> AsyncIterator[Bluegreen]:
     log = tmp_path / "bluegreen.log"
     process = start_bluegreen(config, port, admin_port, log)
     try:
-        await _wait_ready(process, f"http://127.0.0.1:{admin_port}", log)
+        await wait_until_ready(
+            f"http://127.0.0.1:{admin_port}",
+            lambda: process.poll() is not None,
+            lambda: read_log(log),
+        )
         yield Bluegreen(config, log, colours, process, port, admin_port)
     finally:
         if process.poll() is None:
