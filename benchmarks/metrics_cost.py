@@ -15,7 +15,8 @@ import timeit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.metrics import DURATION_BUCKETS, TrafficStats, build_registry
+from controller.metrics import build_registry
+from proxy.metrics import DURATION_BUCKETS, TrafficStats
 
 ROUNDS = 7
 NUMBER = 200_000

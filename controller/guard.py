@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controller.config import Config
-from controller.health import Health
+from controller.health_state import Health
 from controller.rollback import Decision, Observation, Policy, Watch, decide, preflight
 from proxy.metrics import TrafficStats
 from proxy.routing import LIVE

@@ -1,4 +1,4 @@
-"""Active health checks of every colour: probes (I/O) feeding a pure health state per colour.
+"""Active health checks of every colour: probes (I/O) feeding the pure state of health_state.py.
 
 Every colour is probed whether it is active or idle, so its state is known before a switch:
 `GET health.path` every `health.interval`, with `health.timeout`. A colour turns unhealthy after
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,38 +17,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from controller.config import Config
+from controller.health_state import Health, HealthState
 
 log = logging.getLogger(__name__)
-
-
-class Health(enum.Enum):
-    """What the probes say about one colour."""
-
-    UNKNOWN = "unknown"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthState:
-    """The pure state machine of one colour's probes; `observe` returns the next state."""
-
-    health: Health = Health.UNKNOWN
-    successes: int = 0  # consecutive
-    failures: int = 0  # consecutive
-    last_error: str | None = None
-
-    def observe(
-        self, ok: bool, error: str | None, success_threshold: int, failure_threshold: int
-    ) -> HealthState:
-        """Return the state after one probe result."""
-        if ok:
-            successes = self.successes + 1
-            health = Health.HEALTHY if successes >= success_threshold else self.health
-            return HealthState(health, successes, 0, None)
-        failures = self.failures + 1
-        health = Health.UNHEALTHY if failures >= failure_threshold else self.health
-        return HealthState(health, 0, failures, error)
 
 
 @dataclass(frozen=True, slots=True)

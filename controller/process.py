@@ -20,14 +20,16 @@ from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource
 from controller.file_source import FileSource, write_active
 from controller.guard import SwitchGuard, policy_of
-from controller.health import Health, HealthChecker, HealthState
+from controller.health import HealthChecker
+from controller.health_state import Health, HealthState
 from controller.history import read_history, switch_annotations
 from controller.kube import ConfigMapRef, ConflictError, KubeClient, KubeError, load_api_client
 from controller.leader import Leadership, LeaseSettings
+from controller.metrics import ControlMetrics, build_registry
 from controller.rollback import Action, Decision
 from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
-from proxy.metrics import ControlMetrics, TrafficStats, build_registry
+from proxy.metrics import TrafficStats
 from proxy.server import ProxyServer, ServerSettings
 
 log = logging.getLogger(__name__)

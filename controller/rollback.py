@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
-from controller.health import Health
+from controller.health_state import Health
+
+# Why a rollback or refusal happened: the `reason` label of bluegreen_rollbacks_total.
+RollbackKind = Literal["unhealthy", "error_rate", "target_unhealthy"]
 
 
 class Action(enum.Enum):
@@ -56,7 +60,7 @@ class Decision:
     action: Action
     target: str | None = None
     reason: str = ""
-    kind: str = ""  # a low-cardinality metric label: unhealthy, error_rate, target_unhealthy
+    kind: RollbackKind | Literal[""] = ""  # empty for NOTHING
 
 
 NOTHING = Decision(Action.NOTHING)

@@ -1,11 +1,10 @@
-"""Every metric the process exports, in one place.
+"""The data plane's metrics: per-colour traffic counted on the hot path, exported at scrape.
 
 The forwarding hot path counts into plain Python ints and lists (`TrafficStats`), which costs a
 dict lookup and an add per request. prometheus-client's own Counter and Histogram children take
 a lock and do more work per call; at tens of thousands of requests a second that shows up.
 `TrafficCollector` turns the plain counts into metric families only when Prometheus scrapes.
-The rest (switches, reloads, errors that happen a few times a day) uses ordinary
-prometheus-client objects, which is clearer and costs nothing that matters.
+The control plane's metrics (switches, reloads, rollbacks) are in controller/metrics.py.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -44,8 +43,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
     60.0,
 )
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-# The `reason` values of bluegreen_rollbacks_total (controller/rollback.py decides them).
-ROLLBACK_REASONS = ("unhealthy", "error_rate", "target_unhealthy")
 
 
 @dataclass(slots=True)
@@ -181,71 +178,10 @@ class TrafficCollector(Collector):
         yield rejected
 
 
-class ControlMetrics:
-    """Metrics of the control plane: active colour, switches and config reloads."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.active_colour = Gauge(
-            "bluegreen_active_colour",
-            "1 for the colour that receives live traffic, 0 for the others.",
-            ("colour",),
-            registry=registry,
-        )
-        self.switches = Counter(
-            "bluegreen_switches",
-            "Changes of the active colour that were applied.",
-            ("from_colour", "to_colour"),
-            registry=registry,
-        )
-        self.config_reloads = Counter(
-            "bluegreen_config_reloads",
-            "Config versions seen, by result: accepted or rejected.",
-            ("result",),
-            registry=registry,
-        )
-        self.config_last_success = Gauge(
-            "bluegreen_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last accepted config.",
-            registry=registry,
-        )
-        self.config_last_reload_successful = Gauge(
-            "bluegreen_config_last_reload_successful",
-            "1 when the last config version seen was accepted, 0 while it is rejected (the last "
-            "good config keeps routing).",
-            registry=registry,
-        )
-        # Unknown until the first version is seen: NaN, so that `== 0` is not true at start-up.
-        self.config_last_reload_successful.set(float("nan"))
-        self.rollbacks = Counter(
-            "bluegreen_rollbacks",
-            "Automatic rollbacks and refused switches, by reason: unhealthy, error_rate, "
-            "target_unhealthy.",
-            ("reason",),
-            registry=registry,
-        )
-        self.upstream_healthy = Gauge(
-            "bluegreen_upstream_healthy",
-            "1 when a colour passes its active health checks, 0 when it fails them; "
-            "absent while unknown.",
-            ("colour",),
-            registry=registry,
-        )
-        # Every label value exists from the start at 0, so that increase() sees the first one.
-        for result in ("accepted", "rejected"):
-            self.config_reloads.labels(result)
-        for reason in ROLLBACK_REASONS:
-            self.rollbacks.labels(reason)
-
-    def show_active(self, colours: tuple[str, ...], active: str) -> None:
-        """Set the active-colour gauge: 1 for `active`, 0 for every other colour."""
-        for colour in colours:
-            self.active_colour.labels(colour).set(1 if colour == active else 0)
-
-
-def build_registry(stats: TrafficStats) -> tuple[CollectorRegistry, ControlMetrics]:
-    """Create the process's registry holding the traffic collector and the control metrics."""
+def traffic_registry(stats: TrafficStats) -> CollectorRegistry:
+    """Create a registry holding the traffic collector of `stats`; other metrics join it later."""
     # `_created` series double the exposition and no dashboard or alert of ours uses them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
     registry.register(TrafficCollector(stats))
-    return registry, ControlMetrics(registry)
+    return registry

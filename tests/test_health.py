@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from controller.config import parse_config
-from controller.health import Health, HealthChecker, HealthState
+from controller.health import HealthChecker
+from controller.health_state import Health, HealthState
 from tests.conftest import ColourApp, start_app
 from tests.test_process import Proxy, config_text, running, sample
 

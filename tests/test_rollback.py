@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from controller.file_source import write_active
-from controller.health import Health
+from controller.health_state import Health
 from controller.process import Endpoint, ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
 from tests.conftest import BreakableColour as Colour

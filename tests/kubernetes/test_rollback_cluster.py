@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from controller.health import Health
+from controller.health_state import Health
 from controller.history import HISTORY_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from controller.leader import LeaseSettings

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import ROLLBACK_REASONS
+from controller.metrics import ROLLBACK_REASONS
 from tests.conftest import raw_exchange
 from tests.monitoring.assets import (
     METRICS_DOC,
