@@ -7,6 +7,7 @@ sees; `apply` builds the immutable routing table and swaps it into the proxy in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -345,10 +346,13 @@ class ProxyProcess:
             await self.stopping.wait()
         finally:
             guard.cancel()
-            if election is not None:
+            if election is not None and self.leadership is not None:
+                self.leadership.leading = False
                 election.cancel()
-                if self.leadership is not None:
-                    self.leadership.leading = False
+                with contextlib.suppress(asyncio.CancelledError):
+                    await election
+                # Before the drain, so another replica decides while this one finishes.
+                await self.leadership.release()
             await self._shutdown(watch, admin_runner)
             if api is not None:
                 await api.close()
