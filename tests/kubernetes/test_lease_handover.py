@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
@@ -35,14 +34,12 @@ MERGE_PATCH = "application/merge-patch+json"
 @dataclass
 class Replica:
     name: str
-    process: subprocess.Popen[bytes]
+    process: asyncio.subprocess.Process
     admin: str
-    log: IO[bytes]
+    log: Path
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        return self.log.read_text(errors="replace")[-4000:]
 
 
 @dataclass
@@ -51,27 +48,29 @@ class Cluster:
     api: Any
     ref: ConfigMapRef
     colours: dict[str, BreakableColour]
+    logs: Path
     replicas: list[Replica] = field(default_factory=list)
 
     async def start(self, name: str) -> Replica:
         admin_port = free_port()
-        log = tempfile.TemporaryFile()
-        process = subprocess.Popen(
-            [
+        log = self.logs / f"{name}.log"
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "controller.cli", "run"),
                 *("--configmap", str(self.ref), "--kubeconfig", str(self.server.kubeconfig)),
                 *("--listen", "127.0.0.1:0", "--admin-listen", f"127.0.0.1:{admin_port}"),
                 *("--lease-duration", str(LEASE_DURATION)),
                 *("--lease-renew-deadline", "10", "--lease-retry-period", str(RETRY_PERIOD)),
                 *("--shutdown-delay", "1"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HOSTNAME": name},  # the Lease holder's identity starts with it
-        )
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "HOSTNAME": name},  # the Lease holder's identity starts so
+            )
         replica = Replica(name, process, f"http://127.0.0.1:{admin_port}", log)
         self.replicas.append(replica)
-        await wait_until_ready(replica.admin, lambda: process.poll() is not None, replica.output)
+        await wait_until_ready(
+            replica.admin, lambda: process.returncode is not None, replica.output
+        )
         return replica
 
     async def holder(self) -> str:
@@ -99,7 +98,7 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(kube_apiserver: KubeApiServer) -> AsyncIterator[Cluster]:
+async def cluster(kube_apiserver: KubeApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
     colours = {"blue": BreakableColour("blue"), "green": BreakableColour("green")}
     runners = []
     for colour in colours.values():
@@ -124,15 +123,14 @@ async def cluster(kube_apiserver: KubeApiServer) -> AsyncIterator[Cluster]:
             },
         ),
     )
-    made = Cluster(kube_apiserver, api, ConfigMapRef(namespace, "bluegreen"), colours)
+    made = Cluster(kube_apiserver, api, ConfigMapRef(namespace, "bluegreen"), colours, tmp_path)
     try:
         yield made
     finally:
         for replica in made.replicas:
-            if replica.process.poll() is None:
+            if replica.process.returncode is None:
                 replica.process.kill()
-            replica.process.wait(10)
-            replica.log.close()
+            await asyncio.wait_for(replica.process.wait(), 10)
         await api.close()
         for runner in runners:
             await runner.cleanup()
@@ -168,5 +166,5 @@ async def test_sigterm_hands_the_lease_over_and_a_bad_switch_is_still_rolled_bac
     assert decision["reason"].startswith(("refused: green", "rollback: green"))
     assert decision["by"].startswith(successor)
 
-    assert old.process.wait(20) == 0, old.output()
+    assert await asyncio.wait_for(old.process.wait(), 20) == 0, old.output()
     assert "released the lease" in old.output()
