@@ -17,6 +17,10 @@ from proxy.metrics import TrafficStats
 from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
 
+# For every test below tests/: the slow-kind markers, and the kube-apiserver fixtures (loaded
+# here once so that all directories share one session server).
+pytest_plugins = ["tests.support.markers", "tests.support.kube_fixtures"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

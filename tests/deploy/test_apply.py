@@ -36,8 +36,8 @@ from tests.deploy.manifests import (
     run_arguments,
 )
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.kubernetes.conftest import KubeApiServerFactory, started
 from tests.kubernetes.test_configmap_source import MERGE_PATCH, wait_for
+from tests.support.kube_fixtures import KubeApiServerFactory, started
 
 PROXY_KUSTOMIZATIONS = ("base", "examples/myapp")
 

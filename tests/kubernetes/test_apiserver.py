@@ -25,7 +25,7 @@ from tests.kubernetes.apiserver import (
     MissingBinariesError,
     find_binaries,
 )
-from tests.kubernetes.conftest import KubeApiServerFactory
+from tests.support.kube_fixtures import KubeApiServerFactory
 
 MERGE_PATCH = "application/merge-patch+json"
 

@@ -14,8 +14,8 @@ from kubernetes_asyncio import client
 from controller.kube import ConfigMapRef, ForbiddenError, KubeClient, load_api_client
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
 from tests.conftest import ColourApp
-from tests.kubernetes.conftest import KubeApiServerFactory, started
 from tests.kubernetes.test_configmap_source import colour_data, wait_for
+from tests.support.kube_fixtures import KubeApiServerFactory, started
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "base" / "rbac.yaml"
 PROXY_USER = "bluegreen-proxy"

@@ -18,6 +18,13 @@ import pytest
 from tests.conftest import BreakableColour as Colour
 from tests.conftest import breakable_config, free_port, start_app, wait_until_ready
 from tests.test_process import atomic_write
+from tests.tools import debian_tool
+
+
+@pytest.fixture
+def promtool() -> Path:
+    """Debian's promtool (tests/tools/fetch_debian_tools.sh); tests using it get `prometheus`."""
+    return debian_tool("promtool")
 
 
 def config_text(colours: dict[str, Colour], active: str) -> str:

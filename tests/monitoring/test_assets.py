@@ -17,7 +17,6 @@ import yaml
 
 from tests.deploy.manifests import by_name, debian_kubectl, matches, newer_kubectl, render
 from tests.monitoring.assets import DASHBOARD_FILE, dashboard, dashboard_queries, doc_block
-from tests.tools import debian_tool
 
 SCRAPE_BLOCKS = ("scrape-config: static", "scrape-config: kubernetes-pods")
 
@@ -112,7 +111,9 @@ POD_META = {
 
 
 @pytest.mark.parametrize("marker", SCRAPE_BLOCKS)
-def test_documented_scrape_configs_pass_promtool_check_config(marker: str, tmp_path: Path) -> None:
+def test_documented_scrape_configs_pass_promtool_check_config(
+    marker: str, tmp_path: Path, promtool: Path
+) -> None:
     config = yaml.safe_load(doc_block(marker))
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "bluegreen"
@@ -120,7 +121,7 @@ def test_documented_scrape_configs_pass_promtool_check_config(marker: str, tmp_p
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(without_kubernetes_discovery(config)))
     result = subprocess.run(
-        [str(debian_tool("promtool")), "check", "config", str(path)],
+        [str(promtool), "check", "config", str(path)],
         check=False,
         capture_output=True,
         text=True,

@@ -9,13 +9,12 @@ from typing import Any
 import yaml
 
 from tests.monitoring.assets import METRICS_DOC, RULES_TEST, alert_rules, heading_anchors, rule_spec
-from tests.tools import debian_tool
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def run_promtool(promtool: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run Debian's promtool; its output is kept for assertion messages."""
     return subprocess.run(
-        [str(debian_tool("promtool")), *args],
+        [str(promtool), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -30,29 +29,33 @@ def write_rules(directory: Path) -> Path:
     return path
 
 
-def test_promtool_check_rules_accepts_the_rule_groups(tmp_path: Path) -> None:
-    result = promtool("check", "rules", str(write_rules(tmp_path)))
+def test_promtool_check_rules_accepts_the_rule_groups(tmp_path: Path, promtool: Path) -> None:
+    result = run_promtool(promtool, "check", "rules", str(write_rules(tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout, result.stdout
 
 
-def test_promtool_check_rules_would_catch_a_broken_expression(tmp_path: Path) -> None:
+def test_promtool_check_rules_would_catch_a_broken_expression(
+    tmp_path: Path, promtool: Path
+) -> None:
     """The check above is not vacuous: the same run fails on a bad expression."""
     spec = rule_spec()
     spec["groups"][0]["rules"][0]["expr"] = "sum by (colour (bluegreen_requests_total)"
     path = tmp_path / "broken.rules.yaml"
     path.write_text(yaml.safe_dump(spec))
-    result = promtool("check", "rules", str(path))
+    result = run_promtool(promtool, "check", "rules", str(path))
     assert result.returncode != 0
     assert "parse error" in result.stdout + result.stderr
 
 
-def test_promtool_unit_tests_fire_on_bad_series_and_stay_quiet_on_good(tmp_path: Path) -> None:
+def test_promtool_unit_tests_fire_on_bad_series_and_stay_quiet_on_good(
+    tmp_path: Path, promtool: Path
+) -> None:
     tests: dict[str, Any] = yaml.safe_load(RULES_TEST.read_text())
     tests["rule_files"] = [str(write_rules(tmp_path))]
     path = tmp_path / "rules_test.yaml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
-    result = promtool("test", "rules", str(path))
+    result = run_promtool(promtool, "test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     # Every alert has a case where it fires and a case where it must not.

@@ -1,4 +1,8 @@
-"""Fixtures that run a real kube-apiserver (Kubernetes 1.20.2) and etcd on loopback.
+"""A pytest plugin: fixtures that run a real kube-apiserver (1.20.2) and etcd on loopback.
+
+tests/conftest.py loads it for the whole tree (`pytest_plugins`), so tests/kubernetes,
+tests/deploy and tests/cluster share ONE session server: a fixture defined in two conftests (or
+re-exported into two) is two fixtures, and each would start its own.
 
 The binaries are built once by tests/kubernetes/build_apiserver.sh (bin/test runs it). When they
 are missing, these fixtures fail (never skip) and say how to build them.
