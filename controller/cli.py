@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_arguments(status)
     status.add_argument(
         "--admin",
-        help="admin URL of a running proxy (e.g. http://127.0.0.1:9090) for live state",
+        help="admin URL of a running proxy (e.g. 127.0.0.1:9090; http:// when no scheme)",
     )
     status.add_argument("-o", "--output", choices=("text", "json"), default="text")
     return parser
@@ -241,8 +241,13 @@ def cmd_switch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def admin_url(admin: str) -> str:
+    """Return the admin base URL; `HOST:PORT` without a scheme means http, as kubectl's --server."""
+    return admin if "://" in admin else f"http://{admin}"
+
+
 def _fetch_status(admin: str) -> dict[str, Any]:
-    url = admin.rstrip("/") + "/status?format=json"
+    url = admin_url(admin).rstrip("/") + "/status?format=json"
     with urllib.request.urlopen(url, timeout=5) as response:
         document: dict[str, Any] = json.load(response)
     return document

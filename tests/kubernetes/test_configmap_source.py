@@ -366,6 +366,10 @@ async def test_cli_cluster_status_with_admin_shows_the_running_proxy(cluster: Cl
     assert set(document["running"]["colours"]) == {"blue", "green"}
     text = await loop.run_in_executor(None, lambda: cli("status", "--admin", admin, *target))
     assert "running proxy active=blue" in text.stdout
+    no_scheme = admin.removeprefix("http://")  # HOST:PORT, as people type it: http is meant
+    text = await loop.run_in_executor(None, lambda: cli("status", "--admin", no_scheme, *target))
+    assert text.returncode == 0, text.stderr
+    assert "running proxy active=blue" in text.stdout
     unreachable = await loop.run_in_executor(
         None, lambda: cli("status", "--admin", "http://127.0.0.1:1", *target)
     )
