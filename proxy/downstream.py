@@ -6,6 +6,9 @@ a head are all parse errors, answered with 400 and a closed connection.
 
 Pipelined requests queue as exchanges; only the first talks to an upstream, the others keep
 their (bounded) bytes until it is their turn, so responses go back in request order.
+
+This module knows nothing of the server above it: what it needs of it is the `ServerSide`
+protocol below (proxy/server.py implements it).
 """
 
 from __future__ import annotations
@@ -13,17 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from proxy.exchange import BLOCK_PIPELINE, Exchange
+from proxy.exchange import QUEUED, Exchange, ExchangeContext
+from proxy.flow import PEER_BACKED_UP, PIPELINE, ReadGate
 from proxy.headers import RequestHeadError, build_upstream_request, simple_response
-from proxy.routing import DEFAULT_LIMITS
-
-if TYPE_CHECKING:
-    from proxy.server import ProxyServer
-    from proxy.upstream import UpstreamConnection
+from proxy.routing import DEFAULT_LIMITS, ClientLimits, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,36 @@ MAX_PIPELINED = 16
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 
+class ServerSide(ExchangeContext, Protocol):
+    """What a client connection needs of the server that accepted it."""
+
+    @property
+    def table(self) -> RoutingTable | None:
+        """The routing table current now (None before the first valid config)."""
+        ...
+
+    @property
+    def limits(self) -> ClientLimits:
+        """The client limits in force now."""
+        ...
+
+    def connection_opened(self, conn: ClientConnection) -> bool:
+        """Track a new connection; say whether it is past `limits.connections`."""
+        ...
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        """Forget a closed connection."""
+        ...
+
+    def tunnel_opened(self, conn: ClientConnection, exchange: Exchange) -> None:
+        """Remember an upgraded connection, so that a switch or a shutdown can end it."""
+        ...
+
+
 class ClientConnection(asyncio.Protocol):
     """One connection from a client (or a load balancer in front of the proxy)."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ServerSide) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -51,7 +77,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.tunnel: Exchange | None = None
         self.upgrade_pending: Exchange | None = None
-        self.read_blocks = 0
+        # Closed while the upstream reads slowly, a body waits, or the pipeline is full.
+        self.reading = ReadGate()
         self.writing_paused = False
         self.corked: list[bytes] | None = None
         self.closed = False
@@ -74,21 +101,20 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
+        self.reading.open(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
             self.peer = self.peer_ip.encode("ascii")
         self.last_activity = self.loop.time()
-        server = self.server
-        limit = server.limits.max_connections
         # Past the limit the connection is still read, so that its request gets a 503 with
         # Retry-After rather than a reset that a client could not tell from a crash.
-        self.over_capacity = bool(limit) and len(server.connections) >= limit
-        server.connection_opened(self)
+        self.over_capacity = self.server.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Abandon every exchange still in flight; their upstream connections are closed."""
         self.closed = True
+        self.reading.close()
         self.server.connection_closed(self)
         if self.tunnel is not None:
             exchange, self.tunnel = self.tunnel, None
@@ -106,16 +132,16 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client reads slower than the upstream sends: stop reading the upstream."""
         self.writing_paused = True
-        conn = self._current_upstream()
-        if conn is not None:
-            conn.pause_reading()
+        exchange = self.exchange_in_progress()
+        if exchange is not None and exchange.conn is not None:
+            exchange.conn.reading.block(PEER_BACKED_UP)
 
     def resume_writing(self) -> None:
         """The client caught up: read the upstream again."""
         self.writing_paused = False
-        conn = self._current_upstream()
-        if conn is not None:
-            conn.resume_reading()
+        exchange = self.exchange_in_progress()
+        if exchange is not None and exchange.conn is not None:
+            exchange.conn.reading.unblock(PEER_BACKED_UP)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, or pass body and tunnel bytes straight on."""
@@ -233,6 +259,7 @@ class ClientConnection(asyncio.Protocol):
             raise RequestHeadError(_too_large("request body", max_body), 413)
         exchange = Exchange(
             self,
+            server,
             table,
             route,
             request.head,
@@ -247,7 +274,7 @@ class ClientConnection(asyncio.Protocol):
         self.body_remaining = content_length
         self.queue.append(exchange)
         if len(self.queue) >= MAX_PIPELINED:
-            self.block_reading(BLOCK_PIPELINE)
+            self.reading.block(PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         """Forward a piece of the request body, within the body size limit."""
@@ -302,20 +329,6 @@ class ClientConnection(asyncio.Protocol):
             # One joined write: uvloop's writelines costs more than a join of small pieces.
             self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
-    def block_reading(self, reason: int) -> None:
-        """Stop reading from the client for `reason` (a bit of the blocking mask)."""
-        if not self.read_blocks and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self.read_blocks |= reason
-
-    def unblock_reading(self, reason: int) -> None:
-        """Clear `reason`; reading resumes once no reason is left."""
-        if not self.read_blocks & reason:
-            return
-        self.read_blocks &= ~reason
-        if not self.read_blocks and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
     def exchange_finished(self, exchange: Exchange) -> None:
         """Start the next pipelined request, or close when the connection cannot be reused."""
         if self.queue and self.queue[0] is exchange:
@@ -324,8 +337,10 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.keep_alive or self.closed:
             self.close()
             return
-        if len(self.queue) < MAX_PIPELINED:
-            self.unblock_reading(BLOCK_PIPELINE)
+        if self.reading.reasons and len(self.queue) < MAX_PIPELINED:
+            # Most connections are never blocked: checked here, a call per request would cost
+            # ~0.4% of the hot path (callgrind, benchmarks/hot_path.py).
+            self.reading.unblock(PIPELINE)
         if self.queue:
             self.queue[0].start()
         elif self.eof or self.server.draining:
@@ -338,6 +353,29 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
         self.server.tunnel_opened(self, exchange)
+
+    def exchange_in_progress(self) -> Exchange | None:
+        """The exchange the client is being answered by now: its tunnel, or the first request.
+
+        Back-pressure applies to its upstream connection, and a drain after a switch ends it.
+        """
+        if self.tunnel is not None:
+            return self.tunnel
+        return self.queue[0] if self.queue else None
+
+    def end_for_drain(self, exchange: Exchange, reason: str) -> bool:
+        """End `exchange` if it is still in progress here; say whether it was.
+
+        A tunnel is told to go away (a WebSocket gets Close 1001); a long response is cut, so
+        that the client reconnects and reaches the colour that is current now.
+        """
+        if self.closed or self.exchange_in_progress() is not exchange:
+            return False
+        if self.tunnel is exchange:
+            exchange.go_away(reason)
+        else:
+            self.abort()
+        return True
 
     def idle(self) -> bool:
         """Say whether no request is in progress (for keep-alive timeouts and the drain)."""
@@ -359,6 +397,7 @@ class ClientConnection(asyncio.Protocol):
         self.uncork()
         if self.transport is not None and not self.closed:
             self.closed = True
+            self.reading.close()
             self.transport.close()
 
     def abort(self) -> None:
@@ -366,6 +405,7 @@ class ClientConnection(asyncio.Protocol):
         self.corked = None
         if self.transport is not None and not self.closed:
             self.closed = True
+            self.reading.close()
             self.transport.abort()
 
     # --- internals --------------------------------------------------------------------------
@@ -375,10 +415,6 @@ class ClientConnection(asyncio.Protocol):
         self.measure_head = True
         if self.head_started is not None:
             self.head_size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-
-    def _current_upstream(self) -> UpstreamConnection | None:
-        exchange = self.tunnel or (self.queue[0] if self.queue else None)
-        return exchange.conn if exchange is not None else None
 
     def _pass_body_through(self, data: bytes) -> bytes:
         """Forward up to `pass_through` body bytes unparsed; return the bytes after the body."""
@@ -411,7 +447,7 @@ class ClientConnection(asyncio.Protocol):
             exchange.tunnel_from_client(early_bytes)
 
     def _start_first(self) -> None:
-        if self.queue and not self.queue[0].started:
+        if self.queue and self.queue[0].phase is QUEUED:
             self.queue[0].start()
 
     def _reject(

@@ -8,32 +8,135 @@ the colour it started on whatever the routing table says later.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import Final, Protocol
 
+from proxy.flow import PENDING_BODY, ReadGate
+from proxy.framing import (
+    METRIC_KIND,
+    FailureKind,
+    failure_status,
+    may_retry,
+    response_framing,
+    sent_nothing,
+)
 from proxy.headers import LAST_CHUNK, ResponseHead, chunk, render_response_head, simple_response
+from proxy.metrics import TrafficStats
 from proxy.routing import Route, RoutingTable, Upstream
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from proxy.websocket import GOING_AWAY, FrameTracker, close_frame, is_websocket_request
-
-if TYPE_CHECKING:
-    from proxy.downstream import ClientConnection
 
 log = logging.getLogger(__name__)
 
 # Reading from the client stops while this many request-body bytes wait for an upstream
 # connection, so a fast uploader cannot make the proxy buffer a whole body.
 PENDING_BODY_LIMIT = 256 * 1024
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Connection attempts in progress, referenced so that they are not garbage-collected.
 _connecting: set[asyncio.Task[None]] = set()
 
-# Reasons a client connection stops reading, as bits of one mask.
-BLOCK_UPSTREAM_BUSY = 1
-BLOCK_PENDING_BODY = 2
-BLOCK_PIPELINE = 4
+
+class Phase(enum.IntEnum):
+    """Where an exchange is in its life: a state machine that only moves forward.
+
+    The one step back is a retry, from SENT to CONNECTING. The order is used: from RESPONDING
+    on, the client has been answered, so nothing else may be written in front of it.
+    """
+
+    QUEUED = 0  # behind earlier pipelined requests on its connection: nothing sent yet
+    CONNECTING = 1  # waiting for an upstream connection; request bytes are held in `pending`
+    SENT = 2  # attached to an upstream connection: request bytes go straight out
+    RESPONDING = 3  # the response head has been written to the client
+    TUNNEL = 4  # the upstream accepted an upgrade: bytes flow unparsed both ways
+    CLOSING = 5  # a WebSocket tunnel being ended with Close frames (drain, shutdown)
+    FINISHED = 6  # counted in the metrics; nothing more is sent either way
+
+
+# The phases as module constants, for the hot path: CPython 3.11 reads an enum member off its
+# class through a descriptor (~1,000 instructions), a module global in ~70.
+QUEUED: Final = Phase.QUEUED
+CONNECTING: Final = Phase.CONNECTING
+SENT: Final = Phase.SENT
+RESPONDING: Final = Phase.RESPONDING
+TUNNEL: Final = Phase.TUNNEL
+CLOSING: Final = Phase.CLOSING
+FINISHED: Final = Phase.FINISHED
+
+
+class ClientSide(Protocol):
+    """What an exchange needs of the client connection it answers (proxy/downstream.py)."""
+
+    @property
+    def reading(self) -> ReadGate:
+        """The client's read gate, closed while request bytes pile up."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client connection is closed (nothing more reaches it)."""
+        ...
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the client reads slower than the proxy writes."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send response bytes to the client."""
+        ...
+
+    def writelines(self, parts: list[bytes]) -> None:
+        """Send several pieces of response bytes at once."""
+        ...
+
+    def cork(self) -> None:
+        """Hold writes until `uncork`."""
+        ...
+
+    def uncork(self) -> None:
+        """Send what was held since `cork`."""
+        ...
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """The upstream accepted `exchange`'s upgrade: bytes now flow unparsed both ways."""
+        ...
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        """`exchange` is answered: go on with the next request, or close."""
+        ...
+
+    def close(self) -> None:
+        """Close after the buffered bytes are written."""
+        ...
+
+    def abort(self) -> None:
+        """Close at once: the client must see a cut response."""
+        ...
+
+
+class ExchangeContext(Protocol):
+    """What an exchange needs of the server it runs in (proxy/server.py)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop, for the clock and for connection attempts."""
+        ...
+
+    @property
+    def stats(self) -> TrafficStats:
+        """Where requests, failures and retries are counted."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Whether the server is shutting down, so connections are not kept alive."""
+        ...
+
+    def pool_for(self, upstream: Upstream, table: RoutingTable) -> UpstreamPool:
+        """The keep-alive pool of an upstream address."""
+        ...
 
 
 class Exchange:
@@ -45,9 +148,7 @@ class Exchange:
         "client_http10",
         "colour_line",
         "conn",
-        "conn_reused",
         "early",
-        "finished",
         "going_away",
         "has_body",
         "head",
@@ -57,13 +158,13 @@ class Exchange:
         "method",
         "pending",
         "pending_size",
+        "phase",
         "pool",
         "request_complete",
         "response_chunked",
-        "response_started",
         "retries",
         "route",
-        "started",
+        "server",
         "started_at",
         "status",
         "table",
@@ -74,7 +175,8 @@ class Exchange:
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: ClientSide,
+        server: ExchangeContext,
         table: RoutingTable,
         route: Route,
         head: bytes,
@@ -87,6 +189,7 @@ class Exchange:
         client_http10: bool,
     ) -> None:
         self.client = client
+        self.server = server
         self.table = table
         self.route = route
         self.upstream: Upstream = table.upstreams[route.colour]
@@ -100,30 +203,32 @@ class Exchange:
         self.is_upgrade = is_upgrade
         self.keep_alive = keep_alive
         self.client_http10 = client_http10
+        self.phase = QUEUED
         self.conn: UpstreamConnection | None = None
-        self.conn_reused = False
-        # Bytes waiting for an upstream connection; None once attached, then bytes go straight out.
-        self.pending: list[bytes] | None = [head]
+        # Request bytes waiting for an upstream connection (QUEUED and CONNECTING only).
+        self.pending: list[bytes] = [head]
         self.pending_size = 0
-        self.request_complete = False
-        self.response_started = False
+        self.request_complete = False  # the request side: the whole request has been read
         self.response_chunked = False
-        self.finished = False
         self.retries = 0
-        self.started = False
         self.status = 0
         # Frame boundaries of a WebSocket tunnel, so it can be ended with a Close frame.
         self.ws_to_client: FrameTracker | None = None
         self.ws_to_upstream: FrameTracker | None = None
-        self.going_away: str | None = None  # why the tunnel is being ended, once it is
+        self.going_away = ""  # why the tunnel is being ended (phase CLOSING)
         # Bytes a client sent after an upgrade request, before the upstream accepted it: held
         # until the 101, so that a declined upgrade can never smuggle them in as a request.
-        self.early: list[bytes] | None = [] if is_upgrade else None
+        self.early: list[bytes] | None = None  # made on the first such bytes
         if is_upgrade and is_websocket_request(head):
             self.ws_to_client = FrameTracker()
             self.ws_to_upstream = FrameTracker()
-        self.started_at = client.loop.time()
-        client.server.stats.request_started(route.colour)
+        self.started_at = server.loop.time()
+        server.stats.request_started(route.colour)
+
+    @property
+    def response_started(self) -> bool:
+        """Whether the client has been answered (or abandoned): nothing may go in front."""
+        return self.phase >= RESPONDING
 
     # --- request side, driven by the client connection --------------------------------------
 
@@ -133,58 +238,60 @@ class Exchange:
         Past `pool.max_inflight` requests in flight to the colour, answer 503 with Retry-After
         at once: a queue would only add latency to an overloaded colour.
         """
-        self.started = True
+        self.phase = CONNECTING
+        server = self.server
         limit = self.table.pool.max_inflight
-        if limit and self.client.server.stats.inflight.get(self.route.colour, 0) > limit:
+        if limit and server.stats.inflight.get(self.route.colour, 0) > limit:
             self._overloaded(limit)
             return
-        pool = self.pool = self.client.server.pool_for(self.upstream, self.table)
+        pool = self.pool = server.pool_for(self.upstream, self.table)
         conn = pool.take_idle()
         if conn is not None:
-            self.conn_reused = True
             self._attach(conn)
         else:
-            self.conn_reused = False
             self._connect_in_background(pool)
 
     def request_body(self, data: bytes) -> None:
         """Forward a piece of the request body, framing it again when chunked."""
         parts = chunk(data) if self.body_chunked else [data]
         conn = self.conn
-        if conn is not None and self.pending is None:
+        if conn is not None:
             conn.writelines(parts)
-        elif self.pending is not None:
+        elif self.phase <= CONNECTING:
             self.pending += parts
-            self.pending_size += len(data)
-            if self.pending_size > PENDING_BODY_LIMIT:
-                self.client.block_reading(BLOCK_PENDING_BODY)
+            self._hold(len(data))
 
     def request_done(self) -> None:
         """The whole request has been read from the client."""
         self.request_complete = True
         if self.body_chunked:
             conn = self.conn
-            if conn is not None and self.pending is None:
+            if conn is not None:
                 conn.write(LAST_CHUNK)
-            elif self.pending is not None:
+            elif self.phase <= CONNECTING:
                 self.pending.append(LAST_CHUNK)
 
     def tunnel_from_client(self, data: bytes) -> None:
-        """Forward bytes of an upgraded connection; hold those sent before the 101."""
-        early = self.early
-        if early is not None:
-            early.append(data)
-            self.pending_size += len(data)
-            if self.pending_size > PENDING_BODY_LIMIT:
-                self.client.block_reading(BLOCK_PENDING_BODY)
+        """Forward bytes of an upgraded connection; hold those sent before the 101.
+
+        After a declined upgrade the bytes are dropped: they were meant for a tunnel that does
+        not exist, and sent on they would reach the upstream as a request never parsed here.
+        """
+        phase = self.phase
+        if phase < RESPONDING:
+            if self.early is None:
+                self.early = [data]
+            else:
+                self.early.append(data)
+            self._hold(len(data))
+            return
+        if phase is not TUNNEL and phase is not CLOSING:
             return
         if self.ws_to_upstream is not None:
             self.ws_to_upstream.feed(data)
         conn = self.conn
-        if conn is not None and self.pending is None:
+        if conn is not None:
             conn.write(data)
-        elif self.pending is not None:
-            self.pending.append(data)
 
     def waiting_for_client(self) -> bool:
         """Say whether progress waits on the client (slow upload, or slow reading of ours).
@@ -193,7 +300,7 @@ class Exchange:
         upstream; an upstream that stops reading the body is stalled like one that stops
         answering.
         """
-        if not self.request_complete and not self.response_started:
+        if not self.request_complete and self.phase < RESPONDING:
             conn = self.conn
             transport = conn.transport if conn is not None else None
             return transport is None or transport.get_write_buffer_size() == 0
@@ -209,8 +316,8 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: the upstream connection is mid-message and cannot be reused."""
-        if not self.finished:
-            self.cancel(self.status if self.response_started else 499)
+        if self.phase is not FINISHED:
+            self.cancel(self.status if self.phase >= RESPONDING else 499)
 
     # --- response side, driven by the upstream connection -----------------------------------
 
@@ -235,52 +342,34 @@ class Exchange:
     ) -> None:
         """Write the response head with the proxy's own framing and the colour header."""
         self.status = status
-        self.response_started = True
-        if self.is_upgrade and not upgrade:
-            # The upstream declined the upgrade; the client may have sent tunnel bytes already.
-            self.keep_alive = False
-        if not self.request_complete and not upgrade:
-            # The upstream answered before the whole body arrived: the rest of the body is
-            # never read, so neither connection can carry another request.
-            self.keep_alive = False
-        if self.client.server.draining:
-            self.keep_alive = False
-        length = head.content_length
-        use_chunked = False
-        if no_body:
-            # A HEAD response keeps the upstream's Content-Length: it describes the GET body.
-            if not self.is_head:
-                length = None
-        elif length is None:
-            # Chunked or close-delimited upstream: chunked to HTTP/1.1 clients, close-delimited
-            # to HTTP/1.0 clients, who do not know chunked.
-            use_chunked = not self.client_http10
-            if self.client_http10:
-                self.keep_alive = False
-        self.response_chunked = use_chunked
+        self.phase = RESPONDING
+        length, self.response_chunked, self.keep_alive = response_framing(
+            head.content_length,
+            no_body=no_body,
+            request_is_head=self.is_head,
+            client_http10=self.client_http10,
+            keep_alive=self.keep_alive,
+            request_complete=self.request_complete,
+            draining=self.server.draining,
+        )
         self.client.write(
             render_response_head(
                 head,
                 colour_line=self.colour_line,
                 content_length=length,
-                chunked=use_chunked,
+                chunked=self.response_chunked,
                 keep_alive=self.keep_alive,
                 client_http10=self.client_http10,
                 upgrade=upgrade,
             )
         )
-        early, self.early = self.early, None
         if upgrade:
-            self.client.start_tunnel(self)
-            if early:
-                self.pending_size = 0
-                self.client.unblock_reading(BLOCK_PENDING_BODY)
-                for data in early:
-                    self.tunnel_from_client(data)
-        elif early:
+            self._open_tunnel()
+        elif self.early:
             # Declined: what the client sent for the tunnel is dropped, never forwarded, and
-            # the connection closes after this response (keep_alive is off, see above).
-            log.info("upgrade declined, dropping %d early bytes", sum(map(len, early)))
+            # the connection closes after this response (see response_framing).
+            log.info("upgrade declined, dropping %d early bytes", sum(map(len, self.early)))
+            self.early = None
 
     def response_body(self, data: bytes) -> None:
         """Forward a piece of the response body."""
@@ -307,7 +396,7 @@ class Exchange:
         tracker = self.ws_to_client
         if tracker is not None:
             tracker.feed(data)
-            if self.going_away is not None and tracker.at_boundary:
+            if self.phase is CLOSING and tracker.at_boundary:
                 # go_away() was waiting for the frame in progress to end.
                 self._send_going_away()
 
@@ -322,13 +411,14 @@ class Exchange:
         if tracker is None:
             self.client.abort()
             return
-        if self.finished or self.going_away is not None:
-            return
+        if self.phase is not TUNNEL:
+            return  # already ending, or ended
+        self.phase = CLOSING
         self.going_away = reason
         if tracker.at_boundary:
             self._send_going_away()
         else:
-            self.client.loop.call_later(1.0, self.client.abort)
+            self.server.loop.call_later(1.0, self.client.abort)
 
     def tunnel_closed_by_upstream(self) -> None:
         """The upstream closed a tunnel: close the client side too."""
@@ -336,34 +426,41 @@ class Exchange:
         self._record(self.status)
         self.client.close()
 
-    def upstream_failed(
-        self, kind: str, message: str, *, response_seen: bool, timed_out: bool = False
-    ) -> None:
+    def upstream_failed(self, kind: FailureKind, message: str, *, response_seen: bool) -> None:
         """Report a broken upstream: an error response if nothing was sent, else cut the client.
 
         A client that got part of a response must never see it as complete, so after the head
         the only honest signal is closing the connection.
         """
-        if self.finished:
+        if self.phase is FINISHED:
             return
         conn = self.conn
         self.conn = None
         if conn is not None:
             conn.detach()
-        stats = self.client.server.stats
-        if self._should_retry(kind, response_seen):
+        server = self.server
+        if may_retry(
+            kind,
+            retries=self.retries,
+            max_retries=self.table.retry.max_retries,
+            elapsed=server.loop.time() - self.started_at,
+            retry_timeout=self.table.retry.timeout,
+            response_seen=response_seen or self.phase >= RESPONDING,
+            has_body=self.has_body,
+            method=self.method,
+        ):
             self.retries += 1
-            stats.upstream_retry(self.route.colour, kind)
-            if kind != "connect":
+            server.stats.upstream_retry(self.route.colour, METRIC_KIND[kind])
+            if not sent_nothing(kind):
                 # The head went out on the failed connection; a connect failure sent nothing,
                 # and everything read so far is still pending.
                 self.pending = [self.head]
             log.debug("retrying on a new connection colour=%s after=%s", self.route.colour, kind)
             assert self.pool is not None
-            self.conn_reused = False
+            self.phase = CONNECTING
             self._connect_in_background(self.pool)
             return
-        stats.upstream_error(self.route.colour, kind)
+        server.stats.upstream_error(self.route.colour, METRIC_KIND[kind])
         log.warning(
             "upstream failure colour=%s upstream=%s kind=%s detail=%r",
             self.route.colour,
@@ -371,18 +468,39 @@ class Exchange:
             kind,
             message,
         )
-        if self.response_started:
+        if self.phase >= RESPONDING:
             self._record(self.status)
             self.client.abort()
             return
-        status = 504 if timed_out else 502
-        self.status = status
+        status = self.status = failure_status(kind)
         text = f"bluegreen: colour {self.route.colour} ({self.upstream.url}) {message}"
         self.client.write(simple_response(status, text, colour=self.route.colour))
         self._record(status)
         self.client.close()
 
     # --- internals --------------------------------------------------------------------------
+
+    def _hold(self, size: int) -> None:
+        """Count bytes held for later; past the bound, stop reading the client."""
+        self.pending_size += size
+        if self.pending_size > PENDING_BODY_LIMIT:
+            self.client.reading.block(PENDING_BODY)
+
+    def _release_held(self) -> None:
+        """The held bytes went out: read the client again."""
+        self.pending_size = 0
+        self.client.reading.unblock(PENDING_BODY)
+
+    def _open_tunnel(self) -> None:
+        """After a 101: hand the client connection over to the tunnel, then send early bytes."""
+        self.phase = TUNNEL
+        self.client.start_tunnel(self)
+        early, self.early = self.early, None
+        if early:
+            if self.pending_size:
+                self._release_held()
+            for data in early:
+                self.tunnel_from_client(data)
 
     def _send_going_away(self) -> None:
         """Send Close 1001 to both ends (to the upstream only between frames), then close."""
@@ -397,9 +515,9 @@ class Exchange:
         self.client.close()
 
     def _overloaded(self, limit: int) -> None:
-        self.client.server.stats.upstream_error(self.route.colour, "overload")
+        self.server.stats.upstream_error(self.route.colour, METRIC_KIND["overload"])
         self.status = 503
-        self.response_started = True
+        self.phase = RESPONDING
         # Without the whole body read, the connection cannot carry another request.
         self.keep_alive = self.keep_alive and self.request_complete
         self.client.write(
@@ -417,7 +535,7 @@ class Exchange:
 
     def _connect_in_background(self, pool: UpstreamPool) -> None:
         # The event loop keeps only a weak reference to tasks: hold this one until it is done.
-        task = self.client.loop.create_task(self._connect(pool))
+        task = self.server.loop.create_task(self._connect(pool))
         _connecting.add(task)
         task.add_done_callback(_connecting.discard)
 
@@ -426,61 +544,36 @@ class Exchange:
         try:
             conn = await pool.connect(timeout)
         except TimeoutError:
-            self._connect_failed("timeout", f"connect timed out after {timeout:g}s", True)
+            self._connect_failed("connect_timeout", f"connect timed out after {timeout:g}s")
             return
         except OSError as error:
             # asyncio's message repeats the address; the errno's text says what happened.
             reason = os.strerror(error.errno) if error.errno else str(error) or "connect failed"
-            self._connect_failed("connect", f"unreachable: {reason.lower()}", False)
+            self._connect_failed("connect", f"unreachable: {reason.lower()}")
             return
-        if self.finished or self.client.closed:
+        if self.phase is FINISHED or self.client.closed:
             pool.release(conn)
             return
         self._attach(conn)
 
-    def _connect_failed(self, kind: str, message: str, timed_out: bool) -> None:
-        if not self.finished and not self.client.closed:
-            self.upstream_failed(kind, message, response_seen=False, timed_out=timed_out)
+    def _connect_failed(self, kind: FailureKind, message: str) -> None:
+        if self.phase is not FINISHED and not self.client.closed:
+            self.upstream_failed(kind, message, response_seen=False)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        self.phase = SENT
         conn.attach(self, self.table.timeouts.read)
         pending = self.pending
-        self.pending = None
+        self.pending = []
         if pending:
             conn.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if self.pending_size:
-            self.pending_size = 0
-            self.client.unblock_reading(BLOCK_PENDING_BODY)
-
-    def _should_retry(self, kind: str, response_seen: bool) -> bool:
-        """Say whether a failed attempt may be made again, within `retry.*` count and time.
-
-        A refused connection sent nothing, so any request may go again: its head and body are
-        still pending. A connection closed or reset after the head went out (a pooled one the
-        upstream had just closed, or an upstream that died) may have been processed, so only an
-        idempotent request without a body (which is streamed, not kept) is sent again, and only
-        while no byte of a response has reached the client.
-        """
-        policy = self.table.retry
-        if (
-            self.retries >= policy.max_retries
-            or self.response_started
-            or response_seen
-            or self.client.loop.time() - self.started_at >= policy.timeout
-        ):
-            return False
-        if kind == "connect":
-            return True
-        return (
-            kind in ("closed", "reset") and not self.has_body and self.method in IDEMPOTENT_METHODS
-        )
+            self._release_held()
 
     def _record(self, status: int) -> None:
-        if self.finished:
+        if self.phase is FINISHED:
             return
-        self.finished = True
-        elapsed = self.client.loop.time() - self.started_at
-        self.client.server.stats.request_finished(
-            self.route.colour, self.route.kind, status, elapsed
-        )
+        self.phase = FINISHED
+        elapsed = self.server.loop.time() - self.started_at
+        self.server.stats.request_finished(self.route.colour, self.route.kind, status, elapsed)

@@ -96,9 +96,12 @@ class ProxyServer:
             self._sweeper = self.loop.call_later(self.settings.sweep_interval, self._sweep)
         return server
 
-    def connection_opened(self, conn: ClientConnection) -> None:
-        """Track a client connection for timeouts and the drain."""
+    def connection_opened(self, conn: ClientConnection) -> bool:
+        """Track a client connection for timeouts and the drain; say if it is over the limit."""
+        limit = self.limits.max_connections
+        over_capacity = bool(limit) and len(self.connections) >= limit
         self.connections.add(conn)
+        return over_capacity
 
     def connection_closed(self, conn: ClientConnection) -> None:
         """Forget a client connection."""
@@ -154,16 +157,15 @@ class ProxyServer:
 
     def _schedule_drain(self, table: RoutingTable) -> None:
         """Close live long-lived connections on old colours once `drain.timeout` has passed."""
-        stale: list[tuple[ClientConnection, Exchange]] = [
-            (conn, exchange)
-            for conn, exchange in self.tunnels.items()
-            if exchange.route.kind == LIVE and exchange.route.colour != table.active
-        ]
+        stale: list[tuple[ClientConnection, Exchange]] = []
         for conn in self.connections:
-            if conn.queue:
-                exchange = conn.queue[0]
-                if exchange.route.kind == LIVE and exchange.route.colour != table.active:
-                    stale.append((conn, exchange))
+            exchange = conn.exchange_in_progress()
+            if (
+                exchange is not None
+                and exchange.route.kind == LIVE
+                and exchange.route.colour != table.active
+            ):
+                stale.append((conn, exchange))
         if not stale:
             return
         log.info(
@@ -177,19 +179,12 @@ class ProxyServer:
             if timer is not None:
                 self._drain_timers.discard(timer)
             for conn, exchange in stale:
-                still_there = self.tunnels.get(conn) is exchange or (
-                    conn.queue and conn.queue[0] is exchange
-                )
-                if still_there and not conn.closed:
+                if conn.end_for_drain(exchange, f"bluegreen: switched to {table.active}"):
                     log.info(
                         "closing after drain timeout colour=%s peer=%s",
                         exchange.route.colour,
                         conn.peer_ip,
                     )
-                    if conn.tunnel is exchange:
-                        exchange.go_away(f"bluegreen: switched to {table.active}")
-                    else:
-                        conn.abort()
 
         timer = self.loop.call_later(table.timeouts.drain, close_stale)
         self._drain_timers.add(timer)

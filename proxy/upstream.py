@@ -5,6 +5,9 @@ An `UpstreamConnection` parses responses with llhttp (httptools) and hands what 
 parsed: the parser would otherwise copy every chunk into a new bytes object, which halves the
 throughput of large bodies. After such a pass-through the parser is replaced, since it stopped
 mid-message.
+
+This module knows nothing above it: what it needs of the exchange it serves is the
+`ResponseHandler` protocol below (proxy/exchange.py implements it).
 """
 
 from __future__ import annotations
@@ -12,19 +15,88 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from proxy.flow import PEER_BACKED_UP, ReadGate
+from proxy.framing import FailureKind
 from proxy.headers import ResponseHead
 from proxy.routing import PoolSettings
-
-if TYPE_CHECKING:
-    from proxy.exchange import Exchange
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ClientWriter(Protocol):
+    """What an upstream connection needs of the client side it answers."""
+
+    @property
+    def reading(self) -> ReadGate:
+        """The client's read gate: closed while the upstream reads a request body slowly."""
+        ...
+
+    def cork(self) -> None:
+        """Hold writes to the client until `uncork`, to send one upstream read in one go."""
+        ...
+
+    def uncork(self) -> None:
+        """Send what was held since `cork`."""
+        ...
+
+
+class ResponseHandler(Protocol):
+    """What an upstream connection calls on the exchange it serves."""
+
+    @property
+    def client(self) -> ClientWriter:
+        """The client side the response goes to."""
+        ...
+
+    @property
+    def is_head(self) -> bool:
+        """Whether the request was HEAD: its response has no body whatever its head says."""
+        ...
+
+    @property
+    def is_upgrade(self) -> bool:
+        """Whether the request asked for an upgrade, so that a 101 opens a tunnel."""
+        ...
+
+    def informational_response(self, head: ResponseHead) -> None:
+        """A 1xx other than 101 arrived; the real response follows."""
+        ...
+
+    def response_head(
+        self, status: int, head: ResponseHead, *, no_body: bool, upgrade: bool
+    ) -> None:
+        """The final response head arrived (`upgrade`: a 101 that opens a tunnel)."""
+        ...
+
+    def response_body(self, data: bytes) -> None:
+        """A piece of the response body arrived."""
+        ...
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        """The response is complete; `conn` is free for the pool."""
+        ...
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        """Bytes of an upgraded connection arrived from the upstream."""
+        ...
+
+    def tunnel_closed_by_upstream(self) -> None:
+        """The upstream closed an upgraded connection."""
+        ...
+
+    def upstream_failed(self, kind: FailureKind, message: str, *, response_seen: bool) -> None:
+        """The attempt failed; `response_seen` once any byte of a response head was parsed."""
+        ...
+
+    def waiting_for_client(self) -> bool:
+        """Whether progress waits on the client, so that silence is not the upstream's fault."""
+        ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -34,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseHandler | None = None
         self.parser = HttpResponseParser(self)
         self.parser_stale = False
         self.head_buf = b""  # bytes of the response head(s) read so far
@@ -52,7 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.read_timeout = 60.0
-        self.reading_paused = False
+        # Closed while the client reads the response slower than the upstream sends it.
+        self.reading = ReadGate()
         self.closed = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -62,10 +135,12 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
+        self.reading.open(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the exchange in progress, or leave the pool quietly if idle."""
         self.closed = True
+        self.reading.close()
         self._cancel_timer()
         exchange = self.exchange
         if exchange is None:
@@ -97,12 +172,12 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The upstream reads the request body slower than the client sends it."""
         if self.exchange is not None:
-            self.exchange.client.block_reading(1)
+            self.exchange.client.reading.block(PEER_BACKED_UP)
 
     def resume_writing(self) -> None:
         """The upstream caught up: read more of the client's body."""
         if self.exchange is not None:
-            self.exchange.client.unblock_reading(1)
+            self.exchange.client.reading.unblock(PEER_BACKED_UP)
 
     def data_received(self, data: bytes) -> None:
         """Parse a response head, then pass body bytes to the exchange."""
@@ -134,7 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
             )
             self.close()
 
-    def _parse(self, data: bytes, exchange: Exchange) -> None:
+    def _parse(self, data: bytes, exchange: ResponseHandler) -> None:
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -222,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the exchange and the pool --------------------------------------------------
 
-    def attach(self, exchange: Exchange, read_timeout: float) -> None:
+    def attach(self, exchange: ResponseHandler, read_timeout: float) -> None:
         """Serve `exchange`: reset per-response state and arm the read timeout."""
         self.exchange = exchange
         self.requests_served += 1
@@ -240,18 +315,6 @@ class UpstreamConnection(asyncio.Protocol):
             # The timer outlives the exchange and is pushed back lazily when it fires: arming
             # and cancelling a timer per request cost ~8% of small-request throughput.
             self._arm_timer(read_timeout)
-
-    def pause_reading(self) -> None:
-        """Stop reading the upstream while the client's buffer drains."""
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        """Read the upstream again."""
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         """Send request bytes upstream (they count as activity for the read timeout)."""
@@ -274,6 +337,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.reusable = False
         self._cancel_timer()
+        self.reading.close()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -284,6 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.reusable = False
         self._cancel_timer()
+        self.reading.close()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
@@ -291,7 +356,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _pass_body_through(self, data: bytes, exchange: Exchange) -> None:
+    def _pass_body_through(self, data: bytes, exchange: ResponseHandler) -> None:
         """Forward up to `pass_through` body bytes unparsed, finishing the response at its end."""
         size = len(data)
         if size <= self.pass_through:
@@ -334,10 +399,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._arm_timer(timeout)
         elif idle_for >= timeout:
             exchange.upstream_failed(
-                "timeout",
+                "read_timeout",
                 f"no response within {timeout:g}s" if not self.head_done else "response stalled",
                 response_seen=self.head_done,
-                timed_out=True,
             )
             self.close()
         else:
@@ -386,7 +450,8 @@ class UpstreamPool:
         if not conn.reusable or conn.closed or len(self.idle) >= self.settings.max_idle:
             conn.close()
             return
-        conn.resume_reading()  # so that an upstream closing an idle connection is noticed
+        # Read while idle, so that an upstream closing an idle connection is noticed.
+        conn.reading.unblock(PEER_BACKED_UP)
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
         if self.sweeper is None:
