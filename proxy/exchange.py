@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Final, Protocol
 
-from proxy.flow import PENDING_BODY, ReadGate
+from proxy.flow import PENDING_BODY
 from proxy.framing import (
     METRIC_KIND,
     FailureKind,
@@ -25,7 +25,7 @@ from proxy.framing import (
 from proxy.headers import LAST_CHUNK, ResponseHead, chunk, render_response_head, simple_response
 from proxy.metrics import TrafficStats
 from proxy.routing import Route, RoutingTable, Upstream
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import ClientWriter, UpstreamConnection, UpstreamPool
 from proxy.websocket import GOING_AWAY, FrameTracker, close_frame, is_websocket_request
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,11 @@ CLOSING: Final = Phase.CLOSING
 FINISHED: Final = Phase.FINISHED
 
 
-class ClientSide(Protocol):
-    """What an exchange needs of the client connection it answers (proxy/downstream.py)."""
+class ClientSide(ClientWriter, Protocol):
+    """What an exchange needs of the client connection it answers (proxy/downstream.py).
 
-    @property
-    def reading(self) -> ReadGate:
-        """The client's read gate, closed while request bytes pile up."""
-        ...
+    More than an upstream connection needs of it (`ClientWriter`: the read gate, cork).
+    """
 
     @property
     def closed(self) -> bool:
@@ -89,14 +87,6 @@ class ClientSide(Protocol):
 
     def writelines(self, parts: list[bytes]) -> None:
         """Send several pieces of response bytes at once."""
-        ...
-
-    def cork(self) -> None:
-        """Hold writes until `uncork`."""
-        ...
-
-    def uncork(self) -> None:
-        """Send what was held since `cork`."""
         ...
 
     def start_tunnel(self, exchange: Exchange) -> None:

@@ -295,16 +295,22 @@ async def test_after_a_swap_a_websocket_on_the_old_colour_gets_going_away_at_bot
 # --- retries ------------------------------------------------------------------------------------
 
 
-async def test_a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    proxy = MemoryProxy(monkeypatch, table())
+async def warm_connection(proxy: MemoryProxy) -> tuple[MemoryTransport, MemoryTransport]:
+    """A client whose first request left its upstream connection idle in the pool."""
     client = proxy.client()
     client.feed(get("/warm"))
     pooled = await proxy.upstream(0)
     pooled.feed(ok(b"warm"))
     pooled.take()
     client.take()
+    return client, pooled
+
+
+async def test_a_pooled_connection_closed_under_a_request_is_retried_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = MemoryProxy(monkeypatch, table())
+    client, pooled = await warm_connection(proxy)
 
     # The next request is sent on the pooled connection, which the colour had just closed.
     client.feed(get("/again"))
@@ -322,12 +328,7 @@ async def test_a_request_with_a_body_is_not_retried_after_it_went_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy = MemoryProxy(monkeypatch, table())
-    client = proxy.client()
-    client.feed(get("/warm"))
-    pooled = await proxy.upstream(0)
-    pooled.feed(ok(b"warm"))
-    pooled.take()
-    client.take()
+    client, pooled = await warm_connection(proxy)
 
     client.feed(b"POST /order HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 2\r\n\r\nhi")
     assert pooled.take().endswith(b"\r\n\r\nhi")
