@@ -9,12 +9,12 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio.config import ConfigException
 
-from controller.build import BuildInfo
 from controller.cluster_ops import OperationError, read_status, switch_colour
 from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
@@ -29,16 +29,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-class _VersionAction(argparse.Action):
-    """`--version`: the build identity, looked up only when asked for (it imports the proxy)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, help="show the version and build; exit")
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        """Print the version line and exit."""
-        print(BuildInfo.current().describe())
-        parser.exit()
+def _version() -> str:
+    try:
+        return version("bluegreen")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _endpoint(text: str) -> Endpoint:
@@ -73,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bluegreen", description="Blue-green traffic switch: a proxy that routes by colour."
     )
-    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("--version", action="version", version=f"bluegreen {_version()}")
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
     )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controller.build import BuildInfo
 from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource
 from controller.file_source import FileSource, write_active
@@ -104,7 +103,6 @@ class ProxyProcess:
         self.server_settings = server_settings
         self.stats = TrafficStats()
         self.registry, self.metrics = build_registry(self.stats)
-        self.metrics.show_build(BuildInfo.current().labels())
         self.state = ControlState(
             source=f"configmap:{config.ref}"
             if isinstance(config, ConfigMapSpec)
