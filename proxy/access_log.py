@@ -364,7 +364,7 @@ class AccessLog:
         self.loop = loop
         self.settings = settings
         self.dropped = 0
-        self.written = 0
+        self.written = 0  # lines formatted for stdout (some may still wait in `unwritten`)
         self._queue: deque[AccessRecord] = deque()
         self._capacity = settings.buffer_size
         self._format = FORMATTERS.get(settings.format, format_json)
@@ -384,8 +384,13 @@ class AccessLog:
 
     @property
     def pending(self) -> int:
-        """Records waiting to be written."""
+        """Records waiting to be formatted and written."""
         return len(self._queue)
+
+    @property
+    def unwritten(self) -> int:
+        """Bytes of formatted lines that stdout has not taken yet."""
+        return len(self._unwritten)
 
     def log(self, record: AccessRecord) -> None:
         """Queue one record, or drop and count it when the queue is full. Never blocks."""
