@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,10 @@ import pytest
 from kubernetes_asyncio import client
 
 from controller.history import read_history
-from controller.kube import ConfigMapRef, KubeClient, load_api_client
-from tests.conftest import BreakableColour, free_port, start_app, wait_until_ready
+from controller.kube import ConfigMapRef, KubeClient
+from tests.conftest import BreakableColour, free_port, wait_until_ready
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.kubernetes.colour_configmap import colour_configmap
 
 LEASE_DURATION = 15  # the default: a hand-over that waited for expiry would take this long
 RETRY_PERIOD = 1
@@ -99,41 +99,21 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(kube_apiserver: KubeApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    colours = {"blue": BreakableColour("blue"), "green": BreakableColour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    api = await load_api_client(kube_apiserver.kubeconfig)
-    namespace = f"lease-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    await core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="bluegreen"),
-            data={
-                "active": "blue",
-                "upstream.blue": colours["blue"].url,
-                "upstream.green": colours["green"].url,
-                "health.interval": "100ms",
-                "health.timeout": "50ms",
-                "health.failureThreshold": "2",
-                "health.successThreshold": "1",
-            },
-        ),
-    )
-    made = Cluster(kube_apiserver, api, ConfigMapRef(namespace, "bluegreen"), colours, tmp_path)
-    try:
-        yield made
-    finally:
-        for replica in made.replicas:
-            if replica.process.returncode is None:
-                replica.process.kill()
-            await asyncio.wait_for(replica.process.wait(), 10)
-        await api.close()
-        for runner in runners:
-            await runner.cleanup()
+    health = {
+        "health.interval": "100ms",
+        "health.timeout": "50ms",
+        "health.failureThreshold": "2",
+        "health.successThreshold": "1",
+    }
+    async with colour_configmap(kube_apiserver, "lease", health) as made_up:
+        made = Cluster(kube_apiserver, made_up.api, made_up.ref, made_up.colours, tmp_path)
+        try:
+            yield made
+        finally:
+            for replica in made.replicas:
+                if replica.process.returncode is None:
+                    replica.process.kill()
+                await asyncio.wait_for(replica.process.wait(), 10)
 
 
 async def test_sigterm_hands_the_lease_over_and_a_bad_switch_is_still_rolled_back(

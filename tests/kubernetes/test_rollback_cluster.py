@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +15,12 @@ from kubernetes_asyncio import client
 
 from controller.health_state import Health
 from controller.history import HISTORY_ANNOTATION
-from controller.kube import ConfigMapRef, KubeClient, load_api_client
+from controller.kube import ConfigMapRef, KubeClient
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
 from tests.conftest import BreakableColour as Colour
-from tests.conftest import start_app
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.kubernetes.colour_configmap import colour_configmap
 from tests.kubernetes.test_configmap_source import wait_for_async
 
 LEASE = LeaseSettings(duration=3, renew_deadline=2, retry_period=1)
@@ -92,41 +91,21 @@ class Replicas:
 
 @pytest.fixture
 async def replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
-    colours = {"blue": Colour("blue"), "green": Colour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    api = await load_api_client(kube_apiserver.kubeconfig)
-    namespace = f"rb-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    await core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="bluegreen"),
-            data={
-                "active": "blue",
-                "upstream.blue": f"http://127.0.0.1:{colours['blue'].port}",
-                "upstream.green": f"http://127.0.0.1:{colours['green'].port}",
-                "health.interval": "200ms",
-                "health.timeout": "100ms",
-                "health.failureThreshold": "2",
-                "health.successThreshold": "1",
-            },
-        ),
-    )
-    made = Replicas(kube_apiserver, api, ConfigMapRef(namespace, "bluegreen"), colours)
-    try:
-        yield made
-    finally:
-        for process, task in made.running:
-            process.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
-        await api.close()
-        for runner in runners:
-            await runner.cleanup()
+    health = {
+        "health.interval": "200ms",
+        "health.timeout": "100ms",
+        "health.failureThreshold": "2",
+        "health.successThreshold": "1",
+    }
+    async with colour_configmap(kube_apiserver, "rb", health) as made_up:
+        made = Replicas(kube_apiserver, made_up.api, made_up.ref, made_up.colours)
+        try:
+            yield made
+        finally:
+            for process, task in made.running:
+                process.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 10)
 
 
 async def configmap_says(replicas: Replicas, colour: str) -> None:
