@@ -22,13 +22,8 @@ from typing import Any
 
 import yaml
 
-from controller.config import (
-    Config,
-    ConfigError,
-    config_from_document,
-    parse_config,
-    with_active,
-)
+from controller.config import Config, ConfigError, config_from_document, parse_config
+from controller.yaml_edit import with_active
 
 logger = logging.getLogger(__name__)
 

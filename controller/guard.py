@@ -18,12 +18,7 @@ from proxy.routing import LIVE
 
 def policy_of(config: Config) -> Policy:
     """Return the rollback policy a config sets."""
-    return Policy(
-        enabled=config.rollback_enabled,
-        window=config.rollback_window,
-        max_error_rate=config.rollback_max_error_rate,
-        min_requests=config.rollback_min_requests,
-    )
+    return config.rollback
 
 
 def live_counts(stats: TrafficStats, colour: str) -> tuple[int, int]:

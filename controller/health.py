@@ -36,15 +36,15 @@ class ProbeTarget:
 
 def probe_targets(config: Config) -> dict[str, ProbeTarget]:
     """Derive each colour's probe from a config."""
-    path = config.health_path
+    probe = config.health
     return {
         colour: ProbeTarget(
             colour,
-            url.rstrip("/") + path,
-            config.health_interval,
-            config.health_timeout,
-            config.health_success_threshold,
-            config.health_failure_threshold,
+            url.rstrip("/") + probe.path,
+            probe.interval,
+            probe.timeout,
+            probe.success_threshold,
+            probe.failure_threshold,
         )
         for colour, url in config.upstreams.items()
     }

@@ -11,6 +11,17 @@ import enum
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """The `health.*` keys: what is probed on every colour, how often, and when it flips."""
+
+    path: str = "/healthz"
+    interval: float = 2.0  # seconds between probes
+    timeout: float = 1.0  # seconds; shorter than the interval
+    failure_threshold: int = 3  # consecutive failures before a colour is unhealthy
+    success_threshold: int = 2  # consecutive successes before it is healthy again
+
+
 class Health(enum.Enum):
     """What the probes say about one colour."""
 

@@ -34,7 +34,7 @@ class Upstream:
 class PreviewPolicy:
     """Who may send preview traffic to the idle colour, and with which header."""
 
-    header: str = "x-bluegreen-preview"
+    header: str = "X-Bluegreen-Preview"  # matched case-insensitively (header_bytes)
     token: bytes | None = None
     trusted_networks: tuple[IPNetwork, ...] = ()
 

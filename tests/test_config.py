@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import operator
 from typing import Any
 
 import pytest
 import yaml
 
-from controller.config import (
-    KNOWN_KEYS,
-    Config,
-    ConfigError,
-    config_from_document,
-    parse_config,
-    parse_duration,
-    with_active,
-)
+from controller.config import Config, ConfigError, config_from_document, parse_config
+from controller.config_keys import KNOWN_KEYS
+from controller.health_state import ProbeSettings
+from controller.rollback import Policy
+from controller.values import parse_duration
+from controller.yaml_edit import with_active
 from proxy.headers import HOP_BY_HOP
-from proxy.routing import LIVE, PREVIEW
+from proxy.routing import LIVE, PREVIEW, PoolSettings, PreviewPolicy, ProxyTimeouts
 
 BASE: dict[str, object] = {
     "active": "blue",
@@ -94,24 +92,18 @@ def test_defaults_follow_the_product_table() -> None:
             "blue": "http://myapp-blue.default.svc:80",
             "green": "http://myapp-green.default.svc:8080/",
         },
-        preview_header="X-Bluegreen-Preview",
-        preview_token=None,
-        preview_trusted_cidrs=(),
+        preview=PreviewPolicy(header="X-Bluegreen-Preview", token=None, trusted_networks=()),
         preview_colour=None,
-        health_path="/healthz",
-        health_interval=2.0,
-        health_timeout=1.0,
-        health_failure_threshold=3,
-        health_success_threshold=2,
-        rollback_enabled=True,
-        rollback_window=300.0,
-        rollback_max_error_rate=0.05,
-        rollback_min_requests=20,
-        drain_timeout=30.0,
-        connect_timeout=5.0,
-        read_timeout=60.0,
-        pool_max_idle=64,
-        pool_idle_timeout=4.0,
+        health=ProbeSettings(
+            path="/healthz",
+            interval=2.0,
+            timeout=1.0,
+            failure_threshold=3,
+            success_threshold=2,
+        ),
+        rollback=Policy(enabled=True, window=300.0, max_error_rate=0.05, min_requests=20),
+        timeouts=ProxyTimeouts(drain=30.0, connect=5.0, read=60.0),
+        pool=PoolSettings(max_idle=64, idle_timeout=4.0),
     )
     assert config.colours == ("blue", "green")
     assert config.idle == "green"
@@ -122,16 +114,16 @@ def test_defaults_follow_the_product_table() -> None:
     [
         ("active", "green", "active", "green"),
         ("active", " green ", "active", "green"),
-        ("preview.header", "X-Canary", "preview_header", "X-Canary"),
-        ("preview.header", "x-test_1", "preview_header", "x-test_1"),
-        ("preview.token", "s3cr3t!~", "preview_token", "s3cr3t!~"),
-        ("preview.token", "", "preview_token", None),
-        ("preview.token", 12345, "preview_token", "12345"),
-        ("preview.trustedCIDRs", "", "preview_trusted_cidrs", ()),
+        ("preview.header", "X-Canary", "preview.header", "X-Canary"),
+        ("preview.header", "x-test_1", "preview.header", "x-test_1"),
+        ("preview.token", "s3cr3t!~", "preview.token", b"s3cr3t!~"),
+        ("preview.token", "", "preview.token", None),
+        ("preview.token", 12345, "preview.token", b"12345"),
+        ("preview.trustedCIDRs", "", "preview.trusted_networks", ()),
         (
             "preview.trustedCIDRs",
             "10.0.0.0/8, 192.168.1.7 ,fd00::/8",
-            "preview_trusted_cidrs",
+            "preview.trusted_networks",
             (
                 ipaddress.ip_network("10.0.0.0/8"),
                 ipaddress.ip_network("192.168.1.7/32"),
@@ -139,34 +131,34 @@ def test_defaults_follow_the_product_table() -> None:
             ),
         ),
         ("preview.colour", "green", "preview_colour", "green"),
-        ("health.path", "/ready?full=1", "health_path", "/ready?full=1"),
-        ("health.interval", "10s", "health_interval", 10.0),
-        ("health.timeout", "250ms", "health_timeout", 0.25),
-        ("health.failureThreshold", "1", "health_failure_threshold", 1),
-        ("health.successThreshold", 5, "health_success_threshold", 5),
-        ("rollback.enabled", "false", "rollback_enabled", False),
-        ("rollback.enabled", "No", "rollback_enabled", False),
-        ("rollback.enabled", "0", "rollback_enabled", False),
-        ("rollback.enabled", "YES", "rollback_enabled", True),
-        ("rollback.enabled", "1", "rollback_enabled", True),
-        ("rollback.enabled", False, "rollback_enabled", False),
-        ("rollback.enabled", True, "rollback_enabled", True),
-        ("rollback.window", "1m30s", "rollback_window", 90.0),
-        ("rollback.maxErrorRate", "1", "rollback_max_error_rate", 1.0),
-        ("rollback.maxErrorRate", 0.2, "rollback_max_error_rate", 0.2),
-        ("rollback.maxErrorRate", "1e-3", "rollback_max_error_rate", 0.001),
-        ("rollback.minRequests", "1", "rollback_min_requests", 1),
-        ("drain.timeout", "500ms", "drain_timeout", 0.5),
-        ("timeout.connect", "1s", "connect_timeout", 1.0),
-        ("timeout.read", "2m", "read_timeout", 120.0),
-        ("pool.maxIdle", "0", "pool_max_idle", 0),
-        ("pool.maxIdle", 8, "pool_max_idle", 8),
-        ("pool.idleTimeout", "30s", "pool_idle_timeout", 30.0),
+        ("health.path", "/ready?full=1", "health.path", "/ready?full=1"),
+        ("health.interval", "10s", "health.interval", 10.0),
+        ("health.timeout", "250ms", "health.timeout", 0.25),
+        ("health.failureThreshold", "1", "health.failure_threshold", 1),
+        ("health.successThreshold", 5, "health.success_threshold", 5),
+        ("rollback.enabled", "false", "rollback.enabled", False),
+        ("rollback.enabled", "No", "rollback.enabled", False),
+        ("rollback.enabled", "0", "rollback.enabled", False),
+        ("rollback.enabled", "YES", "rollback.enabled", True),
+        ("rollback.enabled", "1", "rollback.enabled", True),
+        ("rollback.enabled", False, "rollback.enabled", False),
+        ("rollback.enabled", True, "rollback.enabled", True),
+        ("rollback.window", "1m30s", "rollback.window", 90.0),
+        ("rollback.maxErrorRate", "1", "rollback.max_error_rate", 1.0),
+        ("rollback.maxErrorRate", 0.2, "rollback.max_error_rate", 0.2),
+        ("rollback.maxErrorRate", "1e-3", "rollback.max_error_rate", 0.001),
+        ("rollback.minRequests", "1", "rollback.min_requests", 1),
+        ("drain.timeout", "500ms", "timeouts.drain", 0.5),
+        ("timeout.connect", "1s", "timeouts.connect", 1.0),
+        ("timeout.read", "2m", "timeouts.read", 120.0),
+        ("pool.maxIdle", "0", "pool.max_idle", 0),
+        ("pool.maxIdle", 8, "pool.max_idle", 8),
+        ("pool.idleTimeout", "30s", "pool.idle_timeout", 30.0),
     ],
 )
 def test_accepted_values(key: str, value: object, attribute: str, expected: object) -> None:
     config = parse_config({**BASE, key: value})
-    assert getattr(config, attribute) == expected
+    assert operator.attrgetter(attribute)(config) == expected
 
 
 @pytest.mark.parametrize(
@@ -477,10 +469,10 @@ def test_yaml_scalars_are_read_as_their_text() -> None:
         """
     )
     config = parse_config(document)
-    assert config.health_failure_threshold == 4
-    assert config.rollback_max_error_rate == 0.1
-    assert config.rollback_enabled is False
-    assert config.pool_max_idle == 0
+    assert config.health.failure_threshold == 4
+    assert config.rollback.max_error_rate == 0.1
+    assert config.rollback.enabled is False
+    assert config.pool.max_idle == 0
 
 
 # --- routing table -----------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import h11
 import pytest
 
-from controller.config import ConfigError, parse_config, parse_size
+from controller.config import ConfigError, parse_config
 from controller.tuning import raise_open_file_limit
+from controller.values import parse_size
 from proxy.metrics import TrafficStats
 from proxy.routing import ClientLimits, RoutingTable, Upstream
 from proxy.server import ProxyServer

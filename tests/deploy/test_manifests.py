@@ -143,7 +143,7 @@ def test_the_proxy_reads_its_own_namespaces_configmap_which_is_valid(kustomizati
     # The defaults an operator most often asks about are written out, not implied.
     for key in ("drain.timeout", "health.path", "health.interval", "rollback.enabled"):
         assert key in data, key
-    assert config.drain_timeout == 30.0
+    assert config.timeouts.drain == 30.0
 
 
 @pytest.mark.parametrize("kustomization", PROXY_KUSTOMIZATIONS)
@@ -229,7 +229,7 @@ def test_termination_outlasts_the_prestop_delay_and_the_drain(kustomization: str
     config = shipped_config(rendered)
     # After preStop, SIGTERM: the process waits --shutdown-delay, then gives in-flight requests
     # --shutdown-grace; streams on an old colour may live drain.timeout.
-    process_needs = args.shutdown_delay + max(args.shutdown_grace, config.drain_timeout)
+    process_needs = args.shutdown_delay + max(args.shutdown_grace, config.timeouts.drain)
     grace = pod_spec(rendered)["terminationGracePeriodSeconds"]
     assert grace > delay + process_needs, (grace, delay, process_needs)
 
@@ -388,4 +388,4 @@ def test_example_wires_each_colour_to_exactly_one_version() -> None:
         assert selected != ["myapp-v1", "myapp-v2"], service["metadata"]["name"]
     # bluegreen probes what the app serves: the path its readiness probe already uses.
     probe = rendered.find("Deployment", "myapp-v1")["spec"]["template"]["spec"]["containers"][0]
-    assert config.health_path == probe["readinessProbe"]["httpGet"]["path"]
+    assert config.health.path == probe["readinessProbe"]["httpGet"]["path"]

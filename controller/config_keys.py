@@ -1,0 +1,208 @@
+"""Every config key, once: its name, kind of value, default, where it goes in `Config`, and why.
+
+This table is the single truth about the keys. controller/config.py parses by it, unknown-key
+messages list it, and tests/test_config_keys.py checks docs/configuration.md against it and that
+each default below parses to the default of the section type it fills. Adding a key is one row
+here, one field on the section type named by `target` (a new section is also one field of
+`Config`), and one row in docs/configuration.md.
+
+Defaults are written as a user would write them (`5m`, `64Ki`), so the table reads like the docs.
+Pure data: no I/O, no parsing at import beyond what the rows name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from controller.values import (
+    BOOLEAN,
+    COLOUR,
+    COUNT,
+    DEFAULT_PREVIEW_HEADER,
+    DURATION,
+    FRACTION,
+    HEADER,
+    NETWORKS,
+    PATH,
+    POSITIVE,
+    SECRET,
+    SIZE,
+    URL,
+    ValueKind,
+)
+
+UPSTREAM_PREFIX = "upstream."
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One config key and everything known about it."""
+
+    name: str
+    kind: ValueKind[Any]
+    # As written in a config; None: required, or derived from other keys (see the docs).
+    default: str | None
+    # `section.field` of Config (Config.pool.max_idle is "pool.max_idle"), or a field of Config
+    # itself ("active").
+    target: str
+    doc: str  # one line: what the key means
+
+    @property
+    def section(self) -> str:
+        """The Config field holding this key's section, or "" for a field of Config itself."""
+        return self.target.rpartition(".")[0]
+
+    @property
+    def field(self) -> str:
+        """The field of the section (or of Config) that this key sets."""
+        return self.target.rpartition(".")[2]
+
+
+# In the order of the docs; unknown-key messages list the names in this order.
+KEYS: tuple[Key, ...] = (
+    Key("active", COLOUR, None, "active", "the colour that receives live traffic"),
+    Key("upstream.<colour>", URL, None, "upstreams", "http://host[:port] of a colour; two or more"),
+    Key(
+        "preview.header",
+        HEADER,
+        DEFAULT_PREVIEW_HEADER,
+        "preview.header",
+        "requests with it go to the preview colour",
+    ),
+    Key("preview.token", SECRET, "", "preview.token", "when set, the header must carry it"),
+    Key(
+        "preview.trustedCIDRs",
+        NETWORKS,
+        "",
+        "preview.trusted_networks",
+        "comma-separated networks allowed to use preview (empty: anyone)",
+    ),
+    Key(
+        "preview.colour",
+        COLOUR,
+        None,
+        "preview_colour",
+        "where preview goes; unset: the other of exactly two colours",
+    ),
+    Key(
+        "forwarded.trustedCIDRs",
+        NETWORKS,
+        "",
+        "forwarded_trusted",
+        "peers (a load balancer) whose X-Forwarded-For is kept; others' is replaced",
+    ),
+    Key("health.path", PATH, "/healthz", "health.path", "probed on every colour"),
+    Key("health.interval", DURATION, "2s", "health.interval", "between probes"),
+    Key("health.timeout", DURATION, "1s", "health.timeout", "per probe; below health.interval"),
+    Key(
+        "health.failureThreshold",
+        POSITIVE,
+        "3",
+        "health.failure_threshold",
+        "consecutive failures before a colour is unhealthy",
+    ),
+    Key(
+        "health.successThreshold",
+        POSITIVE,
+        "2",
+        "health.success_threshold",
+        "consecutive successes before it is healthy again",
+    ),
+    Key("rollback.enabled", BOOLEAN, "true", "rollback.enabled", "preflight and watch switches"),
+    Key("rollback.window", DURATION, "5m", "rollback.window", "how long a switch is watched"),
+    Key(
+        "rollback.maxErrorRate",
+        FRACTION,
+        "0.05",
+        "rollback.max_error_rate",
+        "5xx and connection failures over live requests that trigger a rollback",
+    ),
+    Key(
+        "rollback.minRequests",
+        POSITIVE,
+        "20",
+        "rollback.min_requests",
+        "no error-rate decision on fewer live requests",
+    ),
+    Key(
+        "drain.timeout",
+        DURATION,
+        "30s",
+        "timeouts.drain",
+        "how long upgraded and streaming connections on the old colour may live",
+    ),
+    Key("timeout.connect", DURATION, "5s", "timeouts.connect", "to open an upstream connection"),
+    Key("timeout.read", DURATION, "60s", "timeouts.read", "longest wait for upstream bytes"),
+    Key("pool.maxIdle", COUNT, "64", "pool.max_idle", "idle keep-alive connections per colour"),
+    Key(
+        "pool.maxInflight",
+        COUNT,
+        "10000",
+        "pool.max_inflight",
+        "concurrent requests per colour; past it a fast 503 (0: no limit)",
+    ),
+    Key("pool.idleTimeout", DURATION, "4s", "pool.idle_timeout", "an idle upstream conn closes"),
+    Key(
+        "limits.requestHeadSize",
+        SIZE,
+        "64Ki",
+        "limits.max_head_size",
+        "request line and fields; past it 431",
+    ),
+    Key("limits.uriSize", SIZE, "8Ki", "limits.max_uri_size", "request target; past it 414"),
+    Key(
+        "limits.headerCount",
+        POSITIVE,
+        "100",
+        "limits.max_header_count",
+        "fields per request; past it 431",
+    ),
+    Key(
+        "limits.bodySize",
+        SIZE,
+        "100Mi",
+        "limits.max_body_size",
+        "request body, counted as it streams; past it 413 (0: none)",
+    ),
+    Key(
+        "limits.connections",
+        COUNT,
+        "10000",
+        "limits.max_connections",
+        "client connections; past it 503 with Retry-After (0: none)",
+    ),
+    Key(
+        "timeout.requestHead",
+        DURATION,
+        "30s",
+        "limits.head_timeout",
+        "the whole request head must arrive within it; else 408",
+    ),
+    Key(
+        "timeout.keepAlive",
+        DURATION,
+        "60s",
+        "limits.keepalive_timeout",
+        "an idle client keep-alive connection is closed after it",
+    ),
+    Key(
+        "retry.maxRetries",
+        COUNT,
+        "2",
+        "retry.max_retries",
+        "new attempts after a failure that left a request unanswered (0: never)",
+    ),
+    Key(
+        "retry.timeout",
+        DURATION,
+        "10s",
+        "retry.timeout",
+        "no new attempt starts later than this after the request head",
+    ),
+)
+
+KNOWN_KEYS: tuple[str, ...] = tuple(key.name for key in KEYS)
+BY_NAME: Mapping[str, Key] = MappingProxyType({key.name: key for key in KEYS})
