@@ -6,23 +6,35 @@ import argparse
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio.config import ConfigException
+import shtab
 
 from controller.cluster_ops import OperationError, read_status, switch_colour
-from controller.config import ConfigError
+from controller.config import ConfigError, parse_duration
 from controller.demo import DemoPorts, run_demo
 from controller.file_source import load_config_file, write_active
 from controller.kube import ConfigMapRef, KubeError
+from controller.kubeconfig import ClusterAccess, KubeconfigError, context_namespace
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
+from controller.status_report import (
+    EXIT_DIVERGED,
+    EXIT_INVALID,
+    OUTPUTS,
+    exit_code,
+    render,
+    with_served,
+)
 from controller.tuning import raise_open_file_limit, run_event_loop, tune_malloc
+from controller.validate import validate_stream
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,49 +55,106 @@ def _endpoint(text: str) -> Endpoint:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def _configmap(text: str) -> ConfigMapRef:
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (when it has one), and examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _duration(text: str) -> float:
     try:
-        return ConfigMapRef.parse(text)
+        return parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+SOURCE_EXAMPLES = """
+A ConfigMap is NAME in the namespace of -n, else of the kubeconfig context (like kubectl), or
+NAMESPACE/NAME. A local file is --config FILE.
+"""
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser, *, context: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, help="local YAML config file")
+    source.add_argument("--config", type=Path, metavar="FILE", help="local YAML config file")
     source.add_argument(
-        "--configmap", type=_configmap, metavar="NAMESPACE/NAME", help="ConfigMap in a cluster"
+        "--configmap", metavar="[NAMESPACE/]NAME", help="the ConfigMap in a cluster"
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of --configmap NAME (default: the kubeconfig context's namespace)",
     )
     parser.add_argument(
         "--kubeconfig",
         type=Path,
-        help="kubeconfig file (default: in-cluster in a pod, else the current context)",
+        help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config; in a pod, in-cluster)",
     )
+    if context:
+        parser.add_argument("--context", help="kubeconfig context (default: the current context)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser for every subcommand."""
+def _sub(
+    sub: Any, name: str, summary: str, examples: str = "", **kwargs: Any
+) -> argparse.ArgumentParser:
+    epilog = f"examples:\n{examples}" if examples else None
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=_Help,
+        **kwargs,
+    )
+    return parser
+
+
+def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
+    """Build the argument parser for every subcommand (`prog` is how the user typed it)."""
     parser = argparse.ArgumentParser(
-        prog="bluegreen", description="Blue-green traffic switch: a proxy that routes by colour."
+        prog=prog,
+        description="Blue-green traffic switch: a proxy that routes by colour.",
+        epilog=(
+            f"examples:\n  {prog} demo\n  {prog} status --configmap bluegreen -n shop\n"
+            f"  {prog} switch green --configmap bluegreen --wait\n"
+            f"  kubectl kustomize overlay | {prog} validate -f -\n"
+            f"  source <({prog} completion bash)"
+        ),
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"bluegreen {_version()}")
     parser.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default: INFO for run and demo, WARNING for the other commands)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve the proxy from a config file or a ConfigMap")
-    _add_source_arguments(run)
-    run.add_argument("--listen", type=_endpoint, default=Endpoint("0.0.0.0", 8080))
-    run.add_argument("--admin-listen", type=_endpoint, default=Endpoint("0.0.0.0", 9090))
+    run = _sub(
+        sub,
+        "run",
+        "serve the proxy from a config file or a ConfigMap",
+        f"  {prog} run --config bluegreen.yaml\n  {prog} run --configmap bluegreen  # in a pod",
+    )
+    _add_source_arguments(run, context=False)
+    run.add_argument("--listen", type=_endpoint, default="0.0.0.0:8080", help="proxy address")
+    run.add_argument("--admin-listen", type=_endpoint, default="0.0.0.0:9090", help="admin address")
     run.add_argument(
         "--lease-duration",
         type=int,
         default=15,
         help="with --configmap: seconds a leader's Lease lasts without renewal",
     )
-    run.add_argument("--lease-renew-deadline", type=int, default=10)
-    run.add_argument("--lease-retry-period", type=int, default=2)
+    run.add_argument("--lease-renew-deadline", type=int, default=10, help="seconds")
+    run.add_argument("--lease-retry-period", type=int, default=2, help="seconds")
     run.add_argument(
         "--shutdown-delay",
         type=float,
@@ -99,31 +168,86 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight requests get to finish on SIGTERM",
     )
 
-    demo = sub.add_parser("demo", help="run two colour apps and the proxy locally")
-    demo.add_argument("--host", default="127.0.0.1")
+    demo = _sub(
+        sub, "demo", "run two colour apps and the proxy locally", f"  {prog} demo --port 8000"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address of every demo listener")
     demo.add_argument("--port", type=int, default=8080, help="proxy port")
-    demo.add_argument("--admin-port", type=int, default=9090)
-    demo.add_argument("--blue-port", type=int, default=8081)
-    demo.add_argument("--green-port", type=int, default=8082)
+    demo.add_argument("--admin-port", type=int, default=9090, help="admin port")
+    demo.add_argument("--blue-port", type=int, default=8081, help="blue app port")
+    demo.add_argument("--green-port", type=int, default=8082, help="green app port")
     demo.add_argument("--workdir", type=Path, help="where to write the demo config")
 
-    validate = sub.add_parser("validate", help="check a config file without applying it")
-    validate.add_argument("file", type=Path)
+    validate = _sub(
+        sub,
+        "validate",
+        "check a config file, or the ConfigMaps of a YAML stream, without applying it",
+        f"  {prog} validate bluegreen.yaml\n"
+        f"  kubectl kustomize deploy/examples/myapp | {prog} validate -f -\n"
+        f"  {prog} validate -f rendered.yaml --name bluegreen",
+    )
+    validate.add_argument("file", nargs="?", help="the file to check ('-': standard input)")
+    validate.add_argument(
+        "-f", "--filename", help="the file to check ('-': standard input), as kubectl's -f"
+    )
+    validate.add_argument(
+        "--name",
+        help="in a stream of manifests, check only the ConfigMap with this name "
+        "(default: every ConfigMap with active: or upstream.* keys)",
+    )
 
-    switch = sub.add_parser("switch", help="make COLOUR the active colour")
+    switch = _sub(
+        sub,
+        "switch",
+        "make COLOUR the active colour",
+        f"  {prog} switch green --configmap bluegreen -n shop --wait --timeout 1m\n"
+        f"  {prog} switch green --config bluegreen.yaml",
+    )
     switch.add_argument("colour")
     _add_source_arguments(switch)
-
-    rollback = sub.add_parser("rollback", help="switch back to the previous colour (ConfigMap)")
+    rollback = _sub(
+        sub,
+        "rollback",
+        "switch back to the previous colour (ConfigMap)",
+        f"  {prog} rollback --configmap bluegreen",
+    )
     _add_source_arguments(rollback)
 
-    status = sub.add_parser("status", help="show the active colour and upstreams")
+    status = _sub(
+        sub,
+        "status",
+        "show the desired and served colour, upstreams and recent switches",
+        f"  {prog} status --configmap bluegreen -o yaml\n"
+        f"  {prog} status --configmap bluegreen --admin 127.0.0.1:9090 --watch\n\n"
+        "exit status: 0 valid and serving the desired colour, 1 cannot read, 2 usage,\n"
+        f"  {EXIT_INVALID} the config is invalid, {EXIT_DIVERGED} the served colour is not the "
+        "desired one",
+    )
     _add_source_arguments(status)
     status.add_argument(
         "--admin",
         help="admin URL of a running proxy (e.g. 127.0.0.1:9090; http:// when no scheme)",
     )
-    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.add_argument("-o", "--output", choices=OUTPUTS, default="text", help="format")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="print the status again whenever it changes"
+    )
+    status.add_argument(
+        "--interval",
+        type=_duration,
+        default="1s",
+        help="with --watch: how often to read the status",
+    )
+
+    completion = _sub(
+        sub,
+        "completion",
+        "print a shell completion script",
+        f"  source <({prog} completion bash)        # bash, in ~/.bashrc\n"
+        f'  {prog} completion zsh > "${{fpath[1]}}/_{prog.replace(" ", "-")}"\n'
+        f"  {prog} completion fish > ~/.config/fish/completions/{prog.replace(' ', '-')}.fish",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return parser
 
 
@@ -133,6 +257,40 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"bluegreen: {message}", file=sys.stderr)
+    return code
+
+
+def _resolve_configmap(args: argparse.Namespace) -> str | None:
+    """Turn --configmap [NS/]NAME and -n into `args.configmap` (a ConfigMapRef).
+
+    Returns an error message for the user, or None. The namespace defaults to the kubeconfig
+    context's, as with kubectl.
+    """
+    if args.configmap is None:
+        if args.namespace is not None:
+            return "-n/--namespace goes with --configmap NAME"
+        return None
+    text: str = args.configmap
+    context = getattr(args, "context", None)
+    try:
+        if "/" in text:
+            ref = ConfigMapRef.parse(text)
+            if args.namespace is not None and args.namespace != ref.namespace:
+                return (
+                    f"--configmap {text} names namespace {ref.namespace!r} but -n says "
+                    f"{args.namespace!r}; give one of them"
+                )
+        else:
+            namespace = args.namespace or context_namespace(ClusterAccess(args.kubeconfig, context))
+            ref = ConfigMapRef.resolve(text, namespace)
+    except (ValueError, KubeconfigError) as error:
+        return str(error)
+    args.configmap = ref
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -152,9 +310,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"bluegreen: cannot start, {args.config} is invalid:\n{error}", file=sys.stderr)
         return EXIT_USAGE
+    except KubeconfigError as error:
+        return _fail(f"cannot start: {error}", EXIT_USAGE)
     except OSError as error:
-        print(f"bluegreen: cannot start: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(f"cannot start: {error}")
     return EXIT_OK
 
 
@@ -178,28 +337,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a config file whole and say what is wrong."""
-    try:
-        config = load_config_file(args.file)
-    except ConfigError as error:
-        print(f"{args.file}: invalid\n{error}", file=sys.stderr)
-        return EXIT_USAGE
-    colours = ", ".join(config.upstreams)
-    print(f"{args.file}: valid (active={config.active}, colours: {colours})")
-    return EXIT_OK
+    """Check a config file, or every bluegreen ConfigMap of a stream, and say what is wrong."""
+    if (args.file is None) == (args.filename is None):
+        return _fail("validate needs one file: FILE, or -f FILE ('-' for standard input)", 2)
+    name: str = args.file if args.file is not None else args.filename
+    if name == "-":
+        raw, source = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        try:
+            raw, source = Path(name).read_bytes(), name
+        except OSError as error:
+            return _fail(f"cannot read {name}: {error.strerror or error}", EXIT_USAGE)
+    report = validate_stream(raw, source, args.name)
+    for verdict in report.verdicts:
+        if verdict.config is not None:
+            colours = ", ".join(verdict.config.upstreams)
+            print(f"{verdict.what}: valid (active={verdict.config.active}, colours: {colours})")
+        else:
+            print(f"{verdict.what}: invalid\n{verdict.error}", file=sys.stderr)
+    if report.skipped:
+        listed = ", ".join(report.skipped)
+        print(f"skipped {len(report.skipped)} documents, not bluegreen configs: {listed}")
+    return EXIT_OK if report.valid else EXIT_USAGE
 
 
 def _cluster_switch(args: argparse.Namespace, colour: str | None, reason: str) -> int:
     try:
         result = run_event_loop(
-            switch_colour(args.configmap, args.kubeconfig, colour, reason=reason)
+            switch_colour(
+                args.configmap, args.kubeconfig, colour, reason=reason, context=args.context
+            )
         )
     except OperationError as error:
-        print(f"bluegreen: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KubeError, OSError, ConfigException) as error:
-        print(f"bluegreen: cannot reach ConfigMap {args.configmap}: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(str(error), EXIT_USAGE)
+    except KubeconfigError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except (KubeError, OSError) as error:
+        return _fail(f"cannot reach ConfigMap {args.configmap}: {error}")
     if not result.changed:
         print(f"{result.current} is already active; nothing changed")
     else:
@@ -213,12 +387,11 @@ def _cluster_switch(args: argparse.Namespace, colour: str | None, reason: str) -
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Switch back to the colour recorded as previous in the ConfigMap."""
     if args.configmap is None:
-        print(
-            "bluegreen: rollback reads the previous colour from the ConfigMap's annotations; "
+        return _fail(
+            "rollback reads the previous colour from the ConfigMap's annotations; "
             "with a local file, run `bluegreen switch COLOUR --config FILE`",
-            file=sys.stderr,
+            EXIT_USAGE,
         )
-        return EXIT_USAGE
     return _cluster_switch(args, None, "rollback: manual")
 
 
@@ -229,11 +402,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     try:
         previous, current = write_active(args.config, args.colour)
     except ConfigError as error:
-        print(f"bluegreen: switch refused, nothing written:\n{error}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"switch refused, nothing written:\n{error}", EXIT_USAGE)
     except OSError as error:
-        print(f"bluegreen: cannot write {args.config}: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(f"cannot write {args.config}: {error}")
     if previous == current:
         print(f"{current} is already active; nothing changed")
     else:
@@ -253,84 +424,80 @@ def _fetch_status(admin: str) -> dict[str, Any]:
     return document
 
 
-def _cluster_status(args: argparse.Namespace) -> int:
-    try:
-        document = run_event_loop(read_status(args.configmap, args.kubeconfig))
-    except (KubeError, OSError, ConfigException) as error:
-        print(f"bluegreen: cannot read ConfigMap {args.configmap}: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    if not _add_running(args, document):
-        return EXIT_FAILED
-    if args.output == "json":
-        print(json.dumps(document, indent=2))
-        return EXIT_OK
-    print(f"configmap     {document['configmap']} (resourceVersion {document['config_version']})")
-    print(f"active        {document['active']}")
-    for colour, url in document["upstreams"].items():
-        print(f"  {colour:<12}{url}")
-    if not document["valid"]:
-        print(f"INVALID: the proxies keep their last good config.\n{document['error']}")
-    for record in document["switches"][:5]:
-        print(
-            f"  {record.get('at')}  {record.get('from')} -> {record.get('to')}  "
-            f"({record.get('reason')}, by {record.get('by')})"
-        )
-    for event in document["events"][-5:]:
-        print(f"  event {event['at']} {event['reason']}: {event['message']}")
-    _print_running(document.get("running"))
-    return EXIT_OK
+class StatusUnavailable(Exception):
+    """The ConfigMap, the file or the admin endpoint could not be read; the message says why."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _add_running(args: argparse.Namespace, document: dict[str, Any]) -> bool:
-    """With --admin, add the running proxy's /status as `running`; False when unreachable."""
-    if not args.admin:
-        return True
-    try:
-        document["running"] = _fetch_status(args.admin)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        print(f"bluegreen: cannot read {args.admin}: {error}", file=sys.stderr)
-        return False
-    return True
-
-
-def _print_running(running: dict[str, Any] | None) -> None:
-    """Print what one running proxy reports: its colour, health per colour, last switches."""
-    if running is None:
-        return
-    print(f"running proxy active={running['active']} version={running['config_version']}")
-    for colour, detail in running.get("colours", {}).items():
-        why = f" ({detail['health_error']})" if detail.get("health_error") else ""
-        print(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
-    if running.get("last_error"):
-        print(f"last rejected config: {running['last_error']}")
-    for record in running.get("switches", [])[:5]:
-        print(f"  {record['at']}  {record['from']} -> {record['to']}  ({record['reason']})")
+def _status_document(args: argparse.Namespace) -> dict[str, Any]:
+    """Read the status once (file or ConfigMap, plus --admin); raise StatusUnavailable."""
+    if args.configmap is not None:
+        try:
+            document = run_event_loop(read_status(args.configmap, args.kubeconfig, args.context))
+        except KubeconfigError as error:
+            raise StatusUnavailable(str(error), EXIT_USAGE) from error
+        except (KubeError, OSError) as error:
+            raise StatusUnavailable(f"cannot read ConfigMap {args.configmap}: {error}") from error
+    else:
+        document = {"config": str(args.config), "valid": True, "error": None}
+        try:
+            config = load_config_file(args.config)
+        except ConfigError as error:
+            document.update(valid=False, error=str(error), active=None, upstreams={})
+        else:
+            document.update(active=config.active, upstreams=dict(config.upstreams))
+    if args.admin:
+        try:
+            document["running"] = _fetch_status(args.admin)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise StatusUnavailable(f"cannot read {args.admin}: {error}") from error
+    return with_served(document)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the config's state (file or ConfigMap) and, with --admin, the running proxy's."""
-    if args.configmap is not None:
-        return _cluster_status(args)
+    """Show the config's state (file or ConfigMap) and, with --admin, the running proxy's.
+
+    The exit status says whether all is well (see status_report.exit_code); with --watch the
+    status is printed again on every change until Ctrl-C.
+    """
+    last: str | None = None
+    code = EXIT_OK
     try:
-        config = load_config_file(args.config)
-    except ConfigError as error:
-        print(f"{args.config}: invalid\n{error}", file=sys.stderr)
-        return EXIT_USAGE
-    document: dict[str, Any] = {
-        "config": str(args.config),
-        "active": config.active,
-        "upstreams": dict(config.upstreams),
-    }
-    if not _add_running(args, document):
-        return EXIT_FAILED
-    if args.output == "json":
-        print(json.dumps(document, indent=2))
-        return EXIT_OK
-    print(f"config file   {args.config}")
-    print(f"active        {config.active}")
-    for colour, url in config.upstreams.items():
-        print(f"  {colour:<12}{url}")
-    _print_running(document.get("running"))
+        while True:
+            try:
+                document = _status_document(args)
+            except StatusUnavailable as error:
+                if not args.watch or error.code == EXIT_USAGE:
+                    return _fail(str(error), error.code)
+                print(f"bluegreen: {error}", file=sys.stderr)  # a watch rides out an outage
+            else:
+                code = exit_code(document)
+                shown = render(document, "json" if args.output == "json" else args.output)
+                if shown != last:
+                    if args.watch and args.output == "json":
+                        print(json.dumps(document, separators=(",", ":")), flush=True)
+                    elif args.watch and args.output == "yaml":
+                        print(f"---\n{shown}", flush=True)
+                    elif args.watch:
+                        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                        print(f"--- {stamp}\n{shown}", flush=True)
+                    else:
+                        print(shown)
+                    last = shown
+            if not args.watch:
+                return code
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return code
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the completion script of `shell`, generated from this very parser."""
+    parser = build_parser(args.prog)
+    print(shtab.complete(parser, shell=args.shell))
     return EXIT_OK
 
 
@@ -341,14 +508,27 @@ COMMANDS = {
     "switch": cmd_switch,
     "rollback": cmd_rollback,
     "status": cmd_status,
+    "completion": cmd_completion,
 }
+# The commands that serve log; the others print results, so only warnings and errors log.
+SERVING = {"run", "demo"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "bluegreen") -> int:
     """Entry point of the `bluegreen` console script."""
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    args = build_parser(prog).parse_args(argv)
+    args.prog = prog
+    _configure_logging(args.log_level or ("INFO" if args.command in SERVING else "WARNING"))
+    if hasattr(args, "configmap"):
+        problem = _resolve_configmap(args)
+        if problem is not None:
+            return _fail(problem, EXIT_USAGE)
     return COMMANDS[args.command](args)
+
+
+def kubectl_plugin() -> int:
+    """Entry point of `kubectl-bluegreen`, so that `kubectl bluegreen ...` works."""
+    return main(prog="kubectl bluegreen")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,11 @@ def operator_identity() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-async def read_status(ref: ConfigMapRef, kubeconfig: Path | None) -> dict[str, Any]:
+async def read_status(
+    ref: ConfigMapRef, kubeconfig: Path | None, context: str | None = None
+) -> dict[str, Any]:
     """Read the ConfigMap and its Events: active, upstreams, version, switches, rejections."""
-    async with await load_api_client(kubeconfig) as api:
+    async with await load_api_client(kubeconfig, context) as api:
         kube = KubeClient(api, ref)
         version = await kube.read()
         events = await kube.events()
@@ -82,12 +84,13 @@ async def switch_colour(
     colour: str | None,
     *,
     reason: str = "manual",
+    context: str | None = None,
 ) -> SwitchResult:
     """Make `colour` active (None: the previous colour, for rollback); idempotent.
 
     Refuses, before writing anything, an unknown colour or a result that would not validate.
     """
-    async with await load_api_client(kubeconfig) as api:
+    async with await load_api_client(kubeconfig, context) as api:
         kube = KubeClient(api, ref)
         version = await kube.read()
         current = version.data.get("active", "")

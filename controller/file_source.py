@@ -32,10 +32,11 @@ StrPath = str | os.PathLike[str]
 _Signature = tuple[int, int, int, int] | None
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):
     """safe_load's loader, except that a key given twice is an error rather than last-wins."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        """Construct a mapping as SafeLoader does, raising ConstructorError for a repeated key."""
         seen: set[object] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
@@ -65,7 +66,7 @@ def parse_config_bytes(raw: bytes, source: str) -> Config:
             f"not UTF-8 text (bad byte at offset {error.start})", source=source
         ) from None
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        doc = yaml.load(text, Loader=StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as error:
         raise ConfigError(_yaml_problem(error), source=source) from None
     except yaml.YAMLError as error:

@@ -7,7 +7,6 @@ API errors map to a few named exceptions (chained with `from`), so callers decid
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Any
 
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
+
+from controller.kubeconfig import ClusterAccess, KubeconfigError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ async def _json(response: Any, what: str) -> dict[str, Any]:
 _REF = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)/([a-z0-9]([-.a-z0-9]*[a-z0-9])?)$")
 
 
+_NAME = re.compile(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigMapRef:
     """Which ConfigMap holds the config: NAMESPACE/NAME."""
@@ -98,6 +102,22 @@ class ConfigMapRef:
                 f"{text!r} is not NAMESPACE/NAME of a ConfigMap (for example default/bluegreen)"
             )
         return cls(match.group(1), match.group(3))
+
+    @classmethod
+    def resolve(cls, text: str, namespace: str) -> ConfigMapRef:
+        """Parse `NAME` in `namespace`, or `NAMESPACE/NAME` (which must agree with `namespace`).
+
+        `namespace` is what `-n` says, or else the kubeconfig context's namespace.
+        """
+        if "/" in text:
+            return cls.parse(text)
+        ref = cls.parse(f"{namespace}/{text}") if _NAME.match(text) else None
+        if ref is None:
+            raise ValueError(
+                f"{text!r} is not the name of a ConfigMap (lower-case letters, digits, '-' "
+                "and '.'; for example bluegreen, or default/bluegreen)"
+            )
+        return ref
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -122,17 +142,29 @@ class WatchEvent:
     version: ConfigMapVersion | None
 
 
-async def load_api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """Create an API client: from `kubeconfig`, in-cluster in a pod, else the default kubeconfig."""
+async def load_api_client(kubeconfig: Path | None, context: str | None = None) -> client.ApiClient:
+    """Create an API client: from `kubeconfig`, in-cluster in a pod, else the default kubeconfig.
+
+    `context` picks a kubeconfig context other than the current one. A missing kubeconfig or
+    context raises KubeconfigError saying what to pass, not the library's parser message.
+    """
+    access = ClusterAccess(kubeconfig, context)
     configuration = client.Configuration()
-    if kubeconfig is not None:
-        await config.load_kube_config(
-            config_file=str(kubeconfig), client_configuration=configuration
-        )
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if access.in_cluster:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        await config.load_kube_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    files = access.files()  # raises KubeconfigError with the fix when there is none
+    try:
+        await config.load_kube_config(
+            config_file=str(kubeconfig) if kubeconfig is not None else None,
+            context=context,
+            client_configuration=configuration,
+        )
+    except config.ConfigException as error:
+        where = ", ".join(str(f) for f in files)
+        raise KubeconfigError(
+            f"cannot use kubeconfig {where}: {error}; check it with `kubectl config view`"
+        ) from error
     return client.ApiClient(configuration)
 
 

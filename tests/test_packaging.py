@@ -250,6 +250,7 @@ def test_wheel_holds_the_packages_their_data_and_nothing_else(installed: Install
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
     assert not [n for n in names if re.search(r"(^|/)(tests?|benchmarks|conftest)(/|\.py$)", n)]
     assert "bluegreen = controller.cli:main" in entry_points
+    assert "kubectl-bluegreen = controller.cli:kubectl_plugin" in entry_points
     assert f"\nVersion: {VERSION}\n" in metadata
     assert "\nLicense-Expression: Apache-2.0\n" in metadata
 

@@ -1,0 +1,111 @@
+"""`bluegreen status`: the status document of a config file or a ConfigMap, and its renderings.
+
+Pure: documents in, text out. The document says the desired colour (the config's `active`),
+the served colour (what live traffic gets) and why they differ; `exit_code` turns that into the
+command's exit status, as `kubectl argo rollouts status` does for a degraded rollout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+EXIT_OK = 0
+EXIT_INVALID = 3  # the config (file or ConfigMap) does not validate: proxies keep the last good
+EXIT_DIVERGED = 4  # the served colour is not the desired one (a refusal or a rollback holds)
+
+OUTPUTS = ("text", "json", "yaml")
+
+
+def with_served(document: dict[str, Any]) -> dict[str, Any]:
+    """Set `desired`, `active` (served) and `served_reason` from what the document holds.
+
+    The served colour is the running proxy's (`running`, from --admin) when there is one, else
+    the recorded served state (`served`), else the desired colour.
+    """
+    desired = document.get("desired", document.get("active"))
+    document["desired"] = desired
+    running = document.get("running")
+    served = document.get("served") or {}
+    if isinstance(running, dict) and running.get("active"):
+        active = running["active"]
+        reason = running.get("desired_reason") or _latest_reason(running, active)
+    elif served.get("colour"):
+        active, reason = served["colour"], served.get("reason")
+    else:
+        active, reason = desired, None
+    document["active"] = active
+    document["served_reason"] = reason if active != desired else None
+    return document
+
+
+def _latest_reason(running: dict[str, Any], active: str) -> str | None:
+    for record in running.get("switches") or []:
+        if record.get("to") == active or record.get("from") == active:
+            return str(record.get("reason"))
+    return None
+
+
+def exit_code(document: dict[str, Any]) -> int:
+    """0 when valid and serving the desired colour, else EXIT_INVALID or EXIT_DIVERGED."""
+    if not document.get("valid", True):
+        return EXIT_INVALID
+    if document.get("active") != document.get("desired"):
+        return EXIT_DIVERGED
+    return EXIT_OK
+
+
+def render(document: dict[str, Any], output: str) -> str:
+    """Render a status document as `text`, `json` or `yaml` (each ends without a newline)."""
+    if output == "json":
+        return json.dumps(document, indent=2)
+    if output == "yaml":
+        return yaml.safe_dump(document, sort_keys=False, default_flow_style=False).rstrip()
+    return render_text(document)
+
+
+def render_text(document: dict[str, Any]) -> str:
+    """The status as a person reads it: source, desired and served colour, upstreams, history."""
+    lines: list[str] = []
+    if "configmap" in document:
+        lines.append(
+            f"configmap     {document['configmap']} (resourceVersion {document['config_version']})"
+        )
+    else:
+        lines.append(f"config file   {document['config']}")
+    if not document.get("valid", True):
+        lines.append(f"INVALID: the proxies keep their last good config.\n{document['error']}")
+    lines.append(f"desired       {document.get('desired')}")
+    served = f"active        {document.get('active')}"
+    if document.get("served_reason"):
+        served += f"  (not the desired colour: {document['served_reason']})"
+    lines.append(served)
+    for colour, url in (document.get("upstreams") or {}).items():
+        lines.append(f"  {colour:<12}{url}")
+    for record in (document.get("switches") or [])[:5]:
+        by = f", by {record['by']}" if record.get("by") else ""
+        lines.append(
+            f"  {record.get('at')}  {record.get('from')} -> {record.get('to')}  "
+            f"({record.get('reason')}{by})"
+        )
+    for event in (document.get("events") or [])[-5:]:
+        lines.append(f"  event {event['at']} {event['reason']}: {event['message']}")
+    running = document.get("running")
+    if isinstance(running, dict):
+        lines.extend(_running_lines(running))
+    return "\n".join(lines)
+
+
+def _running_lines(running: dict[str, Any]) -> list[str]:
+    """What one running proxy reports: its colour, health per colour, last switches."""
+    lines = [f"running proxy active={running['active']} version={running['config_version']}"]
+    for colour, detail in (running.get("colours") or {}).items():
+        why = f" ({detail['health_error']})" if detail.get("health_error") else ""
+        lines.append(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
+    if running.get("last_error"):
+        lines.append(f"last rejected config: {running['last_error']}")
+    for record in (running.get("switches") or [])[:5]:
+        lines.append(f"  {record['at']}  {record['from']} -> {record['to']}  ({record['reason']})")
+    return lines
