@@ -18,7 +18,7 @@ from typing import Any
 import shtab
 
 from controller.cluster_ops import OperationError, read_status, switch_colour
-from controller.config import ConfigError, parse_duration
+from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
 from controller.file_source import load_config_file, write_active
 from controller.kube import ConfigMapRef, KubeError
@@ -35,6 +35,7 @@ from controller.status_report import (
 )
 from controller.tuning import raise_open_file_limit, run_event_loop, tune_malloc
 from controller.validate import validate_stream
+from controller.values import parse_duration
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -64,7 +64,7 @@ def configmap(
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
-RENDERED = [
+RENDERED: list[dict[str, object]] = [
     {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bluegreen"}},
     configmap("grafana-dashboards", {"board.json": "{}"}),
     configmap(
