@@ -70,6 +70,16 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _configmap(text: str) -> ConfigMapRef | str:
+    """NAMESPACE/NAME is parsed at once; a bare NAME waits for -n and the kubeconfig."""
+    if "/" not in text:
+        return text
+    try:
+        return ConfigMapRef.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -87,7 +97,10 @@ def _add_source_arguments(parser: argparse.ArgumentParser, *, context: bool = Tr
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, metavar="FILE", help="local YAML config file")
     source.add_argument(
-        "--configmap", metavar="[NAMESPACE/]NAME", help="the ConfigMap in a cluster"
+        "--configmap",
+        type=_configmap,
+        metavar="[NAMESPACE/]NAME",
+        help="the ConfigMap in a cluster",
     )
     parser.add_argument(
         "-n",
@@ -275,19 +288,18 @@ def _resolve_configmap(args: argparse.Namespace) -> str | None:
         if args.namespace is not None:
             return "-n/--namespace goes with --configmap NAME"
         return None
-    text: str = args.configmap
+    given: ConfigMapRef | str = args.configmap
     context = getattr(args, "context", None)
+    if isinstance(given, ConfigMapRef):
+        if args.namespace is not None and args.namespace != given.namespace:
+            return (
+                f"--configmap {given} names namespace {given.namespace!r} but -n says "
+                f"{args.namespace!r}; give one of them"
+            )
+        return None
     try:
-        if "/" in text:
-            ref = ConfigMapRef.parse(text)
-            if args.namespace is not None and args.namespace != ref.namespace:
-                return (
-                    f"--configmap {text} names namespace {ref.namespace!r} but -n says "
-                    f"{args.namespace!r}; give one of them"
-                )
-        else:
-            namespace = args.namespace or context_namespace(ClusterAccess(args.kubeconfig, context))
-            ref = ConfigMapRef.resolve(text, namespace)
+        namespace = args.namespace or context_namespace(ClusterAccess(args.kubeconfig, context))
+        ref = ConfigMapRef.resolve(given, namespace)
     except (ValueError, KubeconfigError) as error:
         return str(error)
     args.configmap = ref
