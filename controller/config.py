@@ -183,9 +183,12 @@ def _cross_checks(config: Config, failed: set[str]) -> list[str]:
     """Return the problems between keys, skipping any comparison with a value that failed."""
     problems = []
     health = config.health
-    if not failed & {"health.timeout", "health.interval"} and health.timeout >= health.interval:
+    # Equal is fine: probes of a colour run one after the other, never overlapping (HAProxy's
+    # check timeout defaults to its interval; Kubernetes does not compare timeoutSeconds with
+    # periodSeconds either).
+    if not failed & {"health.timeout", "health.interval"} and health.timeout > health.interval:
         problems.append(
-            f"health.timeout: {_seconds(health.timeout)} must be shorter than "
+            f"health.timeout: {_seconds(health.timeout)} must not be longer than "
             f"health.interval ({_seconds(health.interval)}); lower the timeout or "
             "raise the interval"
         )
@@ -253,7 +256,24 @@ def config_from_document(doc: object) -> Mapping[str, object]:
         raise ConfigError(f"the ConfigMap has no data:; {expected}")
     if not isinstance(data, Mapping):
         raise ConfigError(f"the ConfigMap's data: is a {_yaml_kind(data)}; {expected}")
+    # The API server refuses such a manifest ("cannot unmarshal number into Go struct field
+    # ConfigMap.data of type string"): say so here, before `kubectl apply` does.
+    not_text = [
+        f"data.{key}: {value!r} is a {_yaml_kind(value)}; a ConfigMap's data holds only "
+        f'strings, as the API server requires: quote it ({key}: "{_plain(value)}")'
+        for key, value in data.items()
+        if not isinstance(value, str)
+    ]
+    if not_text:
+        raise ConfigError(*not_text)
     return data
+
+
+def _plain(value: object) -> str:
+    """How YAML would have written a scalar had it been quoted: true, 3, 0.5."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
 
 
 class _Reader:

@@ -17,7 +17,7 @@ class ProbeSettings:
 
     path: str = "/healthz"
     interval: float = 2.0  # seconds between probes
-    timeout: float = 1.0  # seconds; shorter than the interval
+    timeout: float = 1.0  # seconds; not longer than the interval
     failure_threshold: int = 3  # consecutive failures before a colour is unhealthy
     success_threshold: int = 2  # consecutive successes before it is healthy again
 

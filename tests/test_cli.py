@@ -320,3 +320,11 @@ def test_kubectl_plugin_name() -> None:
         [str(plugin), "completion", "bash"], capture_output=True, text=True, timeout=60, check=False
     )
     assert "kubectl-bluegreen" in completion.stdout or "kubectl bluegreen" in completion.stdout
+
+
+def test_validate_refuses_non_string_configmap_data_as_the_api_server_does() -> None:
+    data = {"active": "blue", "upstream.blue": "http://b", "upstream.green": "http://g"}
+    manifest = configmap("bluegreen", {**data, "health.failureThreshold": 3})
+    done = bluegreen("validate", "-f", "-", stdin=stream([manifest, RENDERED[0]]))
+    assert done.returncode == 2
+    assert 'quote it (health.failureThreshold: "3")' in done.stderr

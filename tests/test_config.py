@@ -327,8 +327,12 @@ def test_config_upstreams_cannot_be_changed_after_parsing() -> None:
             "maybe",
             "rollback.enabled: 'maybe' is not a boolean; use true or false",
         ),
-        ("health.timeout", "2s", "health.timeout: 2s must be shorter than health.interval (2s)"),
-        ("health.timeout", "3s", "lower the timeout or raise the interval"),
+        (
+            "health.timeout",
+            "3s",
+            "health.timeout: 3s must not be longer than health.interval (2s); lower the timeout",
+        ),
+        ("health.timeout", "2001ms", "must not be longer than health.interval (2s)"),
         ("active", None, "active: has no value"),
         ("health.path", ["/a", "/b"], "health.path: is a list; give a single text value"),
         (
@@ -567,13 +571,39 @@ def test_config_from_document(doc: object, expected: dict[str, object]) -> None:
         ({"apiVersion": "v1", "data": {}}, "the document is a manifest without kind:"),
         ({"kind": "ConfigMap", "metadata": {}}, "the ConfigMap has no data:"),
         ({"kind": "ConfigMap", "data": ["a"]}, "the ConfigMap's data: is a list"),
+        (
+            {"kind": "ConfigMap", "data": {"active": "blue", "health.failureThreshold": 3}},
+            "data.health.failureThreshold: 3 is a int; a ConfigMap's data holds only strings, "
+            'as the API server requires: quote it (health.failureThreshold: "3")',
+        ),
+        (
+            {"kind": "ConfigMap", "data": {"rollback.enabled": True}},
+            "data.rollback.enabled: True is a bool; a ConfigMap's data holds only strings, as the "
+            'API server requires: quote it (rollback.enabled: "true")',
+        ),
+        ({"kind": "ConfigMap", "data": {"preview.token": None}}, "data.preview.token: None is a"),
     ],
 )
 def test_config_from_document_rejects(doc: object, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_document(doc)
     assert caught.value.problems[0].startswith(message)
-    assert "or a ConfigMap manifest with them under data:" in str(caught.value)
+    if "data." not in message:
+        assert "or a ConfigMap manifest with them under data:" in str(caught.value)
+
+
+def test_timeout_equal_to_the_interval_is_accepted() -> None:
+    # As HAProxy's default check timeout; probes of one colour never overlap.
+    config = parse_config({**BASE, "health.interval": "2s", "health.timeout": "2s"})
+    assert config.health.timeout == config.health.interval == 2.0
+
+
+def test_every_non_string_configmap_value_is_reported_and_flat_files_still_take_numbers() -> None:
+    doc = {"kind": "ConfigMap", "data": {"a": 1, "b": "x", "c": 0.5}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_document(doc)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["data.a", "data.c"]
+    assert config_from_document({"health.failureThreshold": 3}) == {"health.failureThreshold": 3}
 
 
 # --- with_active -------------------------------------------------------------------------------
