@@ -10,20 +10,41 @@ ends resumes from the last resourceVersion seen; one that is too old (410 Gone) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
+from kubernetes_asyncio import client
 
-from controller.config import Config, ConfigError, parse_config
-from controller.kube import ConfigMapVersion, ForbiddenError, GoneError, KubeClient, KubeError
+from controller.config import ConfigError, parse_config
+from controller.history import read_history, switch_annotations
+from controller.kube import (
+    ConfigMapRef,
+    ConfigMapVersion,
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    KubeClient,
+    KubeError,
+    load_api_client,
+)
+from controller.leader import Leadership, LeaseSettings
+from controller.rollback import Decision
+from controller.source import OnConfig, OnError
 
 log = logging.getLogger(__name__)
 
-OnConfig = Callable[[Config, str], None]
-OnError = Callable[[ConfigError], None]
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapSpec:
+    """Where the config lives in a cluster, and how to reach the API server."""
+
+    ref: ConfigMapRef
+    kubeconfig: Path | None = None
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +61,21 @@ class Backoff:
 
 
 class ConfigMapSource:
-    """Follows one ConfigMap and reports each version, valid or not, exactly once."""
+    """Follows one ConfigMap and reports each version, valid or not, exactly once.
+
+    It also takes part in the election of the replica that decides (a Lease named
+    `<configmap>-leader` beside the ConfigMap) and writes that replica's decisions back.
+    """
 
     def __init__(
         self,
-        kube: KubeClient,
+        spec: ConfigMapSpec,
         on_config: OnConfig,
         on_error: OnError,
         backoff: Backoff | None = None,
         events: bool = True,
     ) -> None:
-        self.kube = kube
+        self.spec = spec
         self.on_config = on_config
         self.on_error = on_error
         self.backoff = backoff or Backoff()
@@ -60,8 +85,115 @@ class ConfigMapSource:
         self.last_active: str | None = None
         self.connected = asyncio.Event()
         self.relists = 0  # lists after the first: after 410 Gone or an outage
+        self.leadership: Leadership | None = None  # from `start`
+        self._api: client.ApiClient | None = None
+        self._kube: KubeClient | None = None
+        self._election: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    @property
+    def label(self) -> str:
+        """`configmap:NS/NAME`, for /status and the logs."""
+        return f"configmap:{self.spec.ref}"
+
+    @property
+    def kube(self) -> KubeClient:
+        """The client of the ConfigMap; only after `start`."""
+        if self._kube is None:
+            raise RuntimeError("ConfigMapSource.start() has not run")
+        return self._kube
+
+    @property
+    def decides(self) -> bool:
+        """Whether this replica holds the Lease, and so makes the decisions."""
+        return self.leadership is not None and self.leadership.leading
+
+    async def start(self) -> None:
+        """Connect to the API server; versions and the election begin in `run`.
+
+        Until the first valid version arrives the proxy answers 503 and /readyz fails.
+        """
+        self._api = await load_api_client(self.spec.kubeconfig)
+        self._kube = KubeClient(self._api, self.spec.ref)
+        ref = self.spec.ref
+        self.leadership = Leadership(
+            self._api, ref.namespace, f"{ref.name}-leader", self.spec.lease
+        )
 
     async def run(self) -> None:
+        """Follow the ConfigMap and stand for election until cancelled (see `follow`)."""
+        if self.leadership is not None and self._election is None:
+            self._election = asyncio.create_task(self.leadership.run(), name="leader-election")
+        try:
+            await self.follow()
+        finally:
+            await self._stop_election()
+
+    async def resign(self) -> None:
+        """Stop leading and release the Lease, so another replica decides while this one drains."""
+        if await self._stop_election() and self.leadership is not None:
+            await self.leadership.release()
+
+    async def close(self) -> None:
+        """Close the API client."""
+        if self._api is not None:
+            await self._api.close()
+
+    async def _stop_election(self) -> bool:
+        """Cancel the election task; say whether one was running."""
+        election, self._election = self._election, None
+        if election is None:
+            return False
+        if self.leadership is not None:
+            self.leadership.leading = False
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        return True
+
+    def recorded_switches(self) -> list[dict[str, str]]:
+        """The history annotation of the version handled last, newest first."""
+        return read_history(self.applied.annotations) if self.applied is not None else []
+
+    def record_decision(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+        """Patch `active: colour` in the background, guarded by the version decided on.
+
+        The resourceVersion guard means that of many replicas one write wins; a conflict or an
+        API error is logged.
+        """
+        task = asyncio.create_task(self._patch_back(colour, failed, decision, event))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _patch_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+        based_on, kube = self.applied, self._kube
+        if based_on is None or kube is None:
+            return
+        by = self.leadership.identity if self.leadership is not None else "bluegreen"
+        try:
+            written = await kube.patch(
+                based_on.resource_version,
+                data={"active": colour},
+                annotations=switch_annotations(
+                    based_on.annotations, failed, colour, reason=decision.reason, by=by
+                ),
+            )
+        except ConflictError:
+            log.warning(
+                "ConfigMap changed since resourceVersion=%s; not writing the %s",
+                based_on.resource_version,
+                event,
+            )
+            return
+        except (KubeError, OSError) as error:
+            log.error("could not write the %s to the ConfigMap: %s", event, error)
+            return
+        try:
+            await kube.event(written, event, f"{decision.reason} (by {by})", warning=True)
+        except (KubeError, OSError) as error:
+            log.warning("could not record Event reason=%s error=%r", event, str(error))
+
+    async def follow(self) -> None:
         """List and watch forever; never raises for API trouble, only logs and retries."""
         attempt = 0
         relist = True

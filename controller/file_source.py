@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from controller.config import Config, ConfigError, config_from_document, parse_config
+from controller.rollback import Decision
 from controller.yaml_edit import with_active
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,38 @@ class FileSource:
         self._last = ("config", version)
         logger.info("config loaded path=%s version=%s active=%s", self.path, version, config.active)
         return config, version
+
+    @property
+    def label(self) -> str:
+        """`file:PATH`, for /status and the logs."""
+        return f"file:{self.path}"
+
+    @property
+    def decides(self) -> bool:
+        """Always: the one process reading a file makes its own decisions."""
+        return True
+
+    async def start(self) -> None:
+        """Load the file and hand it over; raise ConfigError if it is invalid (fatal at start)."""
+        config, version = await self.load_initial()
+        self.on_config(config, version)
+
+    def recorded_switches(self) -> list[dict[str, str]]:
+        """None: a file keeps no switch history, so every change of `active` reads as manual."""
+        return []
+
+    def record_decision(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+        """Rewrite `active:` in the file atomically; a failure is logged, not raised."""
+        try:
+            write_active(self.path, colour)
+        except (ConfigError, OSError) as error:
+            logger.error("could not write active=%s to %s: %s", colour, self.path, error)
+
+    async def resign(self) -> None:
+        """Nothing to give up: no Lease."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     async def run(self) -> None:
         """Poll the file until cancelled, handing over each change as described on the class."""

@@ -7,38 +7,36 @@ sees; `apply` builds the immutable routing table and swaps it into the proxy in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from controller.config import Config, ConfigError
-from controller.configmap_source import ConfigMapSource
-from controller.file_source import FileSource, write_active
+from controller.configmap_source import ConfigMapSource, ConfigMapSpec
+from controller.file_source import FileSource
 from controller.guard import SwitchGuard, policy_of
 from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
-from controller.history import read_history, switch_annotations
-from controller.kube import ConfigMapRef, ConflictError, KubeClient, KubeError, load_api_client
-from controller.leader import Leadership, LeaseSettings
+from controller.history import recorded_reason
 from controller.metrics import ControlMetrics, build_registry
 from controller.rollback import Action, Decision
+from controller.source import ConfigSource
 from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
 from proxy.metrics import TrafficStats
 from proxy.server import ProxyServer, ServerSettings
 
+# ConfigMapSpec is part of how a process is made (the CLI and tests import it from here).
+__all__ = ["ConfigMapSpec", "Endpoint", "ProxyProcess", "ShutdownSettings"]
+
 log = logging.getLogger(__name__)
 
 # How often the guard looks at the colour switched to (health and error rate since the switch).
 GUARD_INTERVAL = 0.02  # a check reads a few counters: 50 a second cost nothing
-# A history entry older than this does not explain a change of the ConfigMap's active colour.
-RECORDED_REASON_AGE = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +64,8 @@ class ShutdownSettings:
     grace: float = 25.0  # how long in-flight requests may take to finish
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigMapSpec:
-    """Where the config lives in a cluster, and how to reach the API server."""
-
-    ref: ConfigMapRef
-    kubeconfig: Path | None = None
-    lease: LeaseSettings = field(default_factory=LeaseSettings)
-
-
 class ProxyProcess:
     """One running proxy fed by a local config file or a ConfigMap."""
-
-    @property
-    def decides(self) -> bool:
-        """Whether this process makes preflight and rollback decisions.
-
-        In file mode it does; with a ConfigMap only the replica holding the Lease does.
-        """
-        if isinstance(self.config, ConfigMapSpec):
-            return self.leadership is not None and self.leadership.leading
-        return True
 
     def __init__(
         self,
@@ -103,24 +82,26 @@ class ProxyProcess:
         self.server_settings = server_settings
         self.stats = TrafficStats()
         self.registry, self.metrics = build_registry(self.stats)
-        self.state = ControlState(
-            source=f"configmap:{config.ref}"
+        self.source: ConfigSource = (
+            ConfigMapSource(config, self.apply, self.reject)
             if isinstance(config, ConfigMapSpec)
-            else f"file:{config}"
+            else FileSource(config, self.apply, self.reject)
         )
+        self.state = ControlState(source=self.source.label)
         self.server: ProxyServer | None = None
-        self.source: FileSource | ConfigMapSource | None = None
         self.health = HealthChecker(on_change=self._health_changed)
         self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)
         self.config_applied: Config | None = None
-        self.leadership: Leadership | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self.kube: KubeClient | None = None
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.proxy_port = 0
         self.admin_port = 0
+
+    @property
+    def decides(self) -> bool:
+        """Whether this process makes preflight and rollback decisions (see ConfigSource)."""
+        return self.source.decides
 
     def apply(self, config: Config, version: str) -> None:
         """Swap in the routing table of an accepted config and record what changed.
@@ -137,26 +118,8 @@ class ProxyProcess:
         self._swap(config, version, reason=self._recorded_reason(previous, config.active))
 
     def _recorded_reason(self, previous: str | None, active: str) -> str:
-        """Why the ConfigMap's active colour changed, as the writer recorded it; else manual.
-
-        A rollback written by the leader carries its reason in the history annotation, so the
-        other replicas show the same reason and do not start watching the rolled-back switch.
-        Only a recent entry matching this very change counts: a plain kubectl edit leaves none.
-        """
-        source = self.source
-        if not isinstance(source, ConfigMapSource) or source.applied is None:
-            return "manual"
-        history = read_history(source.applied.annotations)
-        if not history:
-            return "manual"
-        latest = history[0]
-        if latest.get("from") != previous or latest.get("to") != active:
-            return "manual"
-        try:
-            age = (utc_now() - datetime.fromisoformat(latest.get("at", ""))).total_seconds()
-        except ValueError:
-            return "manual"
-        return latest.get("reason", "manual") if age < RECORDED_REASON_AGE else "manual"
+        """Why the active colour changed, as the source's writer recorded it; else manual."""
+        return recorded_reason(self.source.recorded_switches(), previous, active, utc_now())
 
     def _swap(self, config: Config, version: str, reason: str) -> None:
         table = config.to_routing_table(version)
@@ -190,7 +153,7 @@ class ProxyProcess:
         self.guard.mark_failed(config.active, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
         self._swap(replace(config, active=previous), version, reason=decision.reason)
-        self._write_back(previous, config.active, decision, "TargetUnhealthy")
+        self.source.record_decision(previous, config.active, decision, "TargetUnhealthy")
 
     def _roll_back(self, decision: Decision) -> None:
         config = self.config_applied
@@ -204,52 +167,7 @@ class ProxyProcess:
         self.metrics.rollbacks.labels(decision.kind).inc()
         failed = table.active
         self._swap(replace(config, active=decision.target), table.version, reason=decision.reason)
-        self._write_back(decision.target, failed, decision, "RolledBack")
-
-    def _write_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
-        """Make the config source say what routing does.
-
-        A file is rewritten atomically. A ConfigMap is patched in the background, guarded by
-        the resourceVersion the decision was based on, so of many replicas one write wins.
-        """
-        if isinstance(self.config, Path):
-            try:
-                write_active(self.config, colour)
-            except (ConfigError, OSError) as error:
-                log.error("could not write active=%s to %s: %s", colour, self.config, error)
-            return
-        task = asyncio.create_task(self._patch_back(colour, failed, decision, event))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _patch_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
-        source, kube, leadership = self.source, self.kube, self.leadership
-        if not isinstance(source, ConfigMapSource) or source.applied is None or kube is None:
-            return
-        based_on = source.applied
-        by = leadership.identity if leadership is not None else "bluegreen"
-        try:
-            written = await kube.patch(
-                based_on.resource_version,
-                data={"active": colour},
-                annotations=switch_annotations(
-                    based_on.annotations, failed, colour, reason=decision.reason, by=by
-                ),
-            )
-        except ConflictError:
-            log.warning(
-                "ConfigMap changed since resourceVersion=%s; not writing the %s",
-                based_on.resource_version,
-                event,
-            )
-            return
-        except (KubeError, OSError) as error:
-            log.error("could not write the %s to the ConfigMap: %s", event, error)
-            return
-        try:
-            await kube.event(written, event, f"{decision.reason} (by {by})", warning=True)
-        except (KubeError, OSError) as error:
-            log.warning("could not record Event reason=%s error=%r", event, str(error))
+        self.source.record_decision(decision.target, failed, decision, "RolledBack")
 
     async def _guard_loop(self) -> None:
         while True:
@@ -296,21 +214,8 @@ class ProxyProcess:
         half-valid config.
         """
         self.server = ProxyServer(self.stats, settings=self.server_settings)
-        api = None
-        source: FileSource | ConfigMapSource
-        if isinstance(self.config, ConfigMapSpec):
-            # Until the first valid version arrives the proxy answers 503 and /readyz fails.
-            api = await load_api_client(self.config.kubeconfig)
-            self.kube = KubeClient(api, self.config.ref)
-            source = ConfigMapSource(self.kube, self.apply, self.reject)
-            self.leadership = Leadership(
-                api, self.config.ref.namespace, f"{self.config.ref.name}-leader", self.config.lease
-            )
-        else:
-            source = FileSource(self.config, self.apply, self.reject)
-            config, version = await source.load_initial()
-            self.apply(config, version)
-        self.source = source
+        source = self.source
+        await source.start()
         admin_runner = web.AppRunner(
             build_admin_app(
                 self.registry,
@@ -327,11 +232,6 @@ class ProxyProcess:
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
         watch = asyncio.create_task(source.run(), name="config-source")
         guard = asyncio.create_task(self._guard_loop(), name="switch-guard")
-        election = (
-            asyncio.create_task(self.leadership.run(), name="leader-election")
-            if self.leadership is not None
-            else None
-        )
         self._install_signal_handlers()
         log.info(
             "serving proxy=%s:%d admin=%s:%d source=%s",
@@ -346,16 +246,10 @@ class ProxyProcess:
             await self.stopping.wait()
         finally:
             guard.cancel()
-            if election is not None and self.leadership is not None:
-                self.leadership.leading = False
-                election.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await election
-                # Before the drain, so another replica decides while this one finishes.
-                await self.leadership.release()
+            # Before the drain, so another replica decides while this one finishes.
+            await source.resign()
             await self._shutdown(watch, admin_runner)
-            if api is not None:
-                await api.close()
+            await source.close()
 
     def stop(self) -> None:
         """Ask the process to shut down (what SIGTERM does)."""

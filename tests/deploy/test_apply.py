@@ -22,6 +22,7 @@ import yaml
 from kubernetes_asyncio import client
 
 from controller.cluster_ops import switch_colour
+from controller.configmap_source import ConfigMapSource
 from controller.kube import ConfigMapRef, ForbiddenError, KubeClient, load_api_client
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
@@ -238,11 +239,12 @@ async def test_the_proxy_runs_on_the_applied_configmap_with_the_applied_rbac(
 
             # The applied Role's Lease rules are enough to win the election.
             await wait_for(lambda: running.decides, 30)
-            assert running.leadership is not None
+            source = running.source
+            assert isinstance(source, ConfigMapSource) and source.leadership is not None
             lease = await client.CoordinationV1Api(admin).read_namespaced_lease(
                 f"{ref.name}-leader", ref.namespace
             )
-            assert lease.spec.holder_identity == running.leadership.identity
+            assert lease.spec.holder_identity == source.leadership.identity
 
             # A switch as `bluegreen switch green` makes it, from an operator's kubeconfig.
             await wait_for(lambda: running.health_of("green")[0] == "healthy", 30)
