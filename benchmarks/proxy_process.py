@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
-from tests.conftest import free_port
+from tests.support.net import free_port
+from tests.support.waiting import wait_until_ready
 
 
 @dataclass
@@ -55,19 +52,14 @@ def start_proxy(source: list[str]) -> ProxyUnderTest:
     return ProxyUnderTest(process, port, admin_port, log)
 
 
-async def wait_ready(session: aiohttp.ClientSession, proxy: ProxyUnderTest) -> None:
-    """Poll /readyz until the proxy serves a valid config; exit with its log's path if not."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            async with session.get(f"http://127.0.0.1:{proxy.admin_port}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"proxy not ready; see {proxy.log}")
-        await asyncio.sleep(0.1)
+async def wait_ready(proxy: ProxyUnderTest) -> None:
+    """Poll /readyz until the proxy serves a valid config; fail with its log's path if not."""
+    await wait_until_ready(
+        f"http://127.0.0.1:{proxy.admin_port}",
+        lambda: proxy.process.poll() is not None,
+        lambda: f"see {proxy.log}",
+        timeout=30,
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proxy_process import percentile, start_proxy, wait_ready
 from controller.file_source import write_active
-from tests.conftest import BreakableColour as Colour
-from tests.conftest import free_port
+from tests.support.colours import BreakableColour as Colour
+from tests.support.net import free_port
 
 
 async def run(switches: int, clients: int) -> None:
@@ -54,7 +54,7 @@ async def run(switches: int, clients: int) -> None:
     stop = asyncio.Event()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-            await wait_ready(session, proxy)
+            await wait_ready(proxy)
 
             async def client() -> None:
                 while not stop.is_set():

@@ -28,23 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.proxy_process import ProxyUnderTest, percentile, start_proxy, wait_ready
 from controller.kube import load_api_client
-from tests.conftest import free_port
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.support.colours import BreakableColour, start_app
 
 MERGE_PATCH = "application/merge-patch+json"
-
-
-async def colour_app(colour: str) -> tuple[web.AppRunner, int]:
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=colour)
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
 
 
 async def run(switches: int, clients: int) -> None:
@@ -54,9 +41,9 @@ async def run(switches: int, clients: int) -> None:
     proxy: ProxyUnderTest | None = None
     api = await load_api_client(server.kubeconfig)
     try:
-        ports = {}
-        for colour in ("blue", "green"):
-            runner, ports[colour] = await colour_app(colour)
+        colours = {name: BreakableColour(name) for name in ("blue", "green")}
+        for colour in colours.values():
+            runner, colour.port = await start_app(colour.app())
             runners.append(runner)
         core = client.CoreV1Api(api)
         await core.create_namespaced_config_map(
@@ -65,8 +52,8 @@ async def run(switches: int, clients: int) -> None:
                 metadata=client.V1ObjectMeta(name="bluegreen"),
                 data={
                     "active": "blue",
-                    "upstream.blue": f"http://127.0.0.1:{ports['blue']}",
-                    "upstream.green": f"http://127.0.0.1:{ports['green']}",
+                    "upstream.blue": colours["blue"].url,
+                    "upstream.green": colours["green"].url,
                 },
             ),
         )
@@ -79,7 +66,7 @@ async def run(switches: int, clients: int) -> None:
         stop = asyncio.Event()
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-            await wait_ready(session, proxy)
+            await wait_ready(proxy)
 
             async def load() -> None:
                 nonlocal failures
@@ -91,7 +78,7 @@ async def run(switches: int, clients: int) -> None:
                             if response.status != 200:
                                 failures += 1
                             else:
-                                results.append((sent, body))
+                                results.append((sent, body.strip()))  # "blue\n"
                     except aiohttp.ClientError:
                         failures += 1
 

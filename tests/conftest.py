@@ -1,21 +1,21 @@
-"""Shared fixtures: real colour upstreams on loopback and a real proxy in front of them."""
+"""Shared fixtures: real colour upstreams on loopback and a real proxy in front of them.
+
+The code behind them is in tests/support/ (plain modules, also used by benchmarks/).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 import uvloop
-from aiohttp import WSMsgType, web
 
 from proxy.metrics import TrafficStats
 from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
+from tests.support.colours import ColourApp, colour_application, start_app
+from tests.support.net import RunningProxy, TableFactory
 
 # For every test below tests/: the slow-kind markers, and the kube-apiserver fixtures (loaded
 # here once so that all directories share one session server).
@@ -27,225 +27,6 @@ def pytest_asyncio_loop_factories(
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Run every async test on uvloop (what production uses) and on asyncio's own loop."""
     return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
-
-
-@dataclass
-class ColourApp:
-    """A real HTTP server standing in for one colour's Service."""
-
-    colour: str
-    port: int = 0
-    peers: set[tuple[str, int]] = field(default_factory=set)
-    requests: list[web.Request] = field(default_factory=list)
-    seen_headers: list[dict[str, str]] = field(default_factory=list)
-    ws_close_codes: list[int | None] = field(default_factory=list)  # as each WebSocket ended
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def upstream(self) -> Upstream:
-        return Upstream(self.colour, self.url, "127.0.0.1", self.port)
-
-
-def colour_application(state: ColourApp) -> web.Application:
-    """Endpoints the tests need: echo, headers, big bodies, chunked, slow, WebSocket."""
-
-    async def remember(request: web.Request) -> None:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if peer:
-            state.peers.add((str(peer[0]), int(peer[1])))
-        state.seen_headers.append(dict(request.headers))
-
-    async def hello(request: web.Request) -> web.Response:
-        await remember(request)
-        return web.Response(text=f"hello from {state.colour}\n")
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        """Stream the request body back, counting it, without holding it whole."""
-        await remember(request)
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        async for piece in request.content.iter_chunked(256 * 1024):
-            await response.write(piece)
-        await response.write_eof()
-        return response
-
-    async def count(request: web.Request) -> web.Response:
-        """Read the body in pieces and answer its size: a large upload, never held whole."""
-        await remember(request)
-        size = 0
-        async for piece in request.content.iter_chunked(256 * 1024):
-            size += len(piece)
-        return web.Response(text=str(size))
-
-    async def download(request: web.Request) -> web.StreamResponse:
-        """Send `size` bytes, with Content-Length unless ?chunked=1."""
-        await remember(request)
-        size = int(request.query.get("size", "1000"))
-        response = web.StreamResponse()
-        if request.query.get("chunked"):
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = size
-        await response.prepare(request)
-        block = b"x" * (256 * 1024)
-        left = size
-        while left > 0:
-            piece = block[: min(left, len(block))]
-            await response.write(piece)
-            left -= len(piece)
-        await response.write_eof()
-        return response
-
-    async def ticks(request: web.Request) -> web.StreamResponse:
-        """Stream `<colour> tick N` lines, one every `interval` seconds: a long-lived response."""
-        await remember(request)
-        response = web.StreamResponse()
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        interval = float(request.query.get("interval", "0.05"))
-        for n in range(int(request.query.get("count", "1000"))):
-            await response.write(f"{state.colour} tick {n}\n".encode())
-            await asyncio.sleep(interval)
-        await response.write_eof()
-        return response
-
-    async def headers(request: web.Request) -> web.Response:
-        await remember(request)
-        return web.json_response(
-            {"colour": state.colour, "headers": [[k, v] for k, v in request.headers.items()]},
-            headers={
-                "Connection": "keep-alive, X-Secret-Hop",
-                "X-Secret-Hop": "must not pass",
-                "Keep-Alive": "timeout=5",
-                "Proxy-Authenticate": "Basic",
-                "X-Kept": "yes",
-            },
-        )
-
-    async def slow(request: web.Request) -> web.Response:
-        await remember(request)
-        await asyncio.sleep(float(request.query.get("delay", "5")))
-        return web.Response(text=f"slow {state.colour}\n")
-
-    async def ws(request: web.Request) -> web.WebSocketResponse:
-        await remember(request)
-        socket = web.WebSocketResponse()
-        await socket.prepare(request)
-        async for message in socket:
-            if message.type == WSMsgType.TEXT:
-                await socket.send_str(f"{state.colour}: {message.data}")
-        state.ws_close_codes.append(socket.close_code)
-        return socket
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    app = web.Application(client_max_size=1024**3)
-    app.router.add_get("/", hello)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_route("*", "/echo", echo)
-    app.router.add_route("*", "/count", count)
-    app.router.add_get("/download", download)
-    app.router.add_get("/headers", headers)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/ticks", ticks)
-    app.router.add_get("/ws", ws)
-    app.router.add_route("*", "/{tail:.*}", hello)
-    return app
-
-
-class BreakableColour:
-    """A colour app whose health, whose answers to live traffic, and whose connections the
-    test can break: /healthz follows `healthy`, every page answers 500 while `failing`, and
-    /hang-up closes the connection without a response."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.healthy = True
-        self.failing = False
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.Response(status=200 if self.healthy else 503, text="health\n")
-
-        async def hang_up(request: web.Request) -> web.Response:
-            # Close without a response: bluegreen counts an upstream error and answers 502.
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response(status=200)  # never sent: the connection is gone
-
-        async def page(request: web.Request) -> web.Response:
-            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/hang-up", hang_up)
-        app.router.add_get("/{tail:.*}", page)
-        return app
-
-
-# Health checks fast enough for a test to see a colour turn unhealthy and a rollback happen.
-FAST_HEALTH_CHECKS = (
-    "health.interval: 100ms\nhealth.timeout: 50ms\n"
-    "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
-)
-
-
-def breakable_config(colours: dict[str, BreakableColour], active: str, extra: str = "") -> str:
-    """A config over two breakable colours with fast health checks."""
-    return (
-        f"active: {active}\n"
-        f"upstream.blue: {colours['blue'].url}\n"
-        f"upstream.green: {colours['green'].url}\n" + FAST_HEALTH_CHECKS + extra
-    )
-
-
-async def wait_until_ready(
-    admin: str, exited: Callable[[], bool], output: Callable[[], str], timeout: float = 20
-) -> None:
-    """Poll a `bluegreen run` process's /readyz until it answers 200.
-
-    Fails at once when `exited()` says the process is gone, and after `timeout` seconds, both
-    times with the process's `output()` in the message.
-    """
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert not exited(), "bluegreen exited: " + output()
-            try:
-                async with session.get(admin + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"bluegreen not ready in {timeout:g}s: " + output())
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
-    """Serve `app` on 127.0.0.1 and return its runner and bound port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    server = site._server  # aiohttp has no public accessor for the bound port
-    assert server is not None
-    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -261,9 +42,6 @@ async def colours() -> AsyncIterator[dict[str, ColourApp]]:
     yield apps
     for runner in runners:
         await runner.cleanup()
-
-
-TableFactory = Callable[..., RoutingTable]
 
 
 @pytest.fixture
@@ -292,16 +70,6 @@ def make_table(colours: dict[str, ColourApp]) -> TableFactory:
     return build
 
 
-@dataclass
-class RunningProxy:
-    server: ProxyServer
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 @pytest.fixture
 async def proxy(make_table: TableFactory) -> AsyncIterator[RunningProxy]:
     """A proxy routing live traffic to blue and preview to green."""
@@ -309,21 +77,3 @@ async def proxy(make_table: TableFactory) -> AsyncIterator[RunningProxy]:
     listener = await server.listen("127.0.0.1", 0)
     yield RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
     await server.shutdown(1.0)
-
-
-async def raw_exchange(port: int, payload: bytes, *, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to 127.0.0.1:port and return everything read until the peer closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(payload)
-    await writer.drain()
-    chunks = []
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                chunks.append(data)
-    finally:
-        writer.close()
-    return b"".join(chunks)

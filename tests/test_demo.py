@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[str, str]:

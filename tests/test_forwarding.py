@@ -10,7 +10,8 @@ import aiohttp
 import h11
 
 from proxy.routing import PreviewPolicy, RoutingTable
-from tests.conftest import ColourApp, RunningProxy, TableFactory, raw_exchange
+from tests.support.colours import ColourApp
+from tests.support.net import RunningProxy, TableFactory, raw_exchange
 
 PREVIEW = "X-Bluegreen-Preview"
 

@@ -15,7 +15,7 @@ from proxy.framing import (
     response_framing,
     sent_nothing,
 )
-from tests.memory_transport import MemoryTransport
+from tests.support.memory_transport import MemoryTransport
 
 # upstream length, no body, HEAD, HTTP/1.0 client, keep-alive asked, request complete, draining
 #   -> (Content-Length sent, chunked, keep-alive)

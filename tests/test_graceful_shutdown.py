@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import ColourApp
+from tests.support.colours import ColourApp
 from tests.test_process import Proxy, config_text
 
 DELAY = 1.5  # --shutdown-delay

@@ -14,7 +14,8 @@ from aiohttp import web
 from controller.config import parse_config
 from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
-from tests.conftest import ColourApp, start_app
+from tests.support.colours import ColourApp, start_app
+from tests.support.waiting import wait_for as wait_until
 from tests.test_process import Proxy, config_text, running, sample
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
@@ -75,15 +76,6 @@ async def flippable() -> AsyncIterator[dict[str, FlippableHealth]]:
     yield servers
     for runner in runners:
         await runner.cleanup()
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 async def test_probes_follow_each_colour(flippable: dict[str, FlippableHealth]) -> None:

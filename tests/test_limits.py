@@ -19,7 +19,7 @@ from controller.values import parse_size
 from proxy.metrics import TrafficStats
 from proxy.routing import ClientLimits, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.conftest import raw_exchange
+from tests.support.net import raw_exchange
 from tests.test_strict_parsing import RecordingUpstream
 
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ColourApp, free_port, wait_until_ready
+from tests.support.colours import ColourApp
+from tests.support.net import free_port
+from tests.support.waiting import wait_until_ready
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))

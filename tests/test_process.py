@@ -7,7 +7,6 @@ colour apps and the clients run in the test.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ColourApp, free_port, wait_until_ready
+from tests.support.colours import ColourApp
+from tests.support.files import atomic_write
+from tests.support.net import free_port
+from tests.support.waiting import wait_until_ready
 
 BLUEGREEN = [sys.executable, "-m", "controller.cli"]
 
@@ -122,13 +124,6 @@ async def status(proxy: Proxy) -> dict[str, object]:
     ):
         document: dict[str, object] = await response.json()
         return document
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Save like an editor that writes a temporary file and renames it over the original."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 async def test_file_edit_switches_under_load_without_a_failed_request(

@@ -1,10 +1,10 @@
 """The proxy's protocol objects over in-memory transports: ordering, gating and recovery rules.
 
 The real `ProxyServer`, `ClientConnection`, `Exchange` and `UpstreamConnection` run on the test's
-event loop; only the sockets are memory (tests/memory_transport.py), with the test playing both
-the client and the colour's Service byte by byte. So each rule is checked at the exact moment
-that matters (a read arriving mid-response, a pooled connection closing under a request) and
-each test runs in milliseconds.
+event loop; only the sockets are memory (tests/support/memory_transport.py), with the test
+playing both the client and the colour's Service byte by byte. So each rule is checked at the
+exact moment that matters (a read arriving mid-response, a pooled connection closing under a
+request) and each test runs in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from proxy.metrics import TrafficStats
 from proxy.routing import ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
 from proxy.upstream import UpstreamConnection
-from tests.memory_transport import MemoryNetwork, MemoryTransport
+from tests.support.memory_transport import MemoryNetwork, MemoryTransport
 
 UPSTREAMS = {
     "blue": Upstream("blue", "http://blue.test:80", "blue.test", 80),

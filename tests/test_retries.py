@@ -15,7 +15,7 @@ import pytest
 from proxy.metrics import TrafficStats
 from proxy.routing import ProxyTimeouts, RetryPolicy, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.conftest import RunningProxy, free_port, raw_exchange
+from tests.support.net import RunningProxy, free_port, raw_exchange
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,8 +14,9 @@ from controller.file_source import write_active
 from controller.health_state import Health
 from controller.process import Endpoint, ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
-from tests.conftest import BreakableColour as Colour
-from tests.conftest import breakable_config, start_app
+from tests.support.colours import BreakableColour as Colour
+from tests.support.colours import breakable_config, start_app
+from tests.support.waiting import wait_for as wait
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
 POLICY = Policy(enabled=True, window=60.0, max_error_rate=0.5, min_requests=4)
@@ -103,14 +103,6 @@ async def setup(
     await asyncio.wait_for(task, 10)
     for runner in runners:
         await runner.cleanup()
-
-
-async def wait(condition: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 def active_in(config: Path) -> str:

@@ -11,17 +11,17 @@ import asyncio
 import os
 import shutil
 import struct
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from controller.process import Endpoint, ProxyProcess
-from tests.conftest import BreakableColour as Colour
-from tests.conftest import breakable_config, start_app
-from tests.test_process import atomic_write
+from tests.support.colours import BreakableColour as Colour
+from tests.support.colours import breakable_config, start_app
+from tests.support.files import atomic_write
+from tests.support.waiting import wait_for as wait
 from tests.tools import debian_tool
 
 CHROMIUM_ARGS = [
@@ -39,13 +39,6 @@ CHROMIUM_ARGS = [
 WAIT_MS = 5000  # every wait for the page to show something is bounded by this
 XSS = "<img src=x onerror=window.__xss=1>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-async def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

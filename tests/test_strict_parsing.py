@@ -17,7 +17,7 @@ import pytest
 from proxy.metrics import TrafficStats
 from proxy.routing import ClientLimits, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.conftest import RunningProxy, raw_exchange
+from tests.support.net import RunningProxy, raw_exchange
 
 SMUGGLING = [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"

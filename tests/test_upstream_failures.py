@@ -14,7 +14,7 @@ import pytest
 from proxy.metrics import TrafficStats
 from proxy.routing import PoolSettings, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.conftest import RunningProxy, TableFactory, free_port, raw_exchange
+from tests.support.net import RunningProxy, TableFactory, free_port, raw_exchange
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -13,7 +13,8 @@ from aiohttp import WSMsgType
 
 from proxy.routing import ProxyTimeouts, Upstream
 from proxy.websocket import GOING_AWAY
-from tests.conftest import ColourApp, RunningProxy, TableFactory
+from tests.support.colours import ColourApp
+from tests.support.net import RunningProxy, TableFactory
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

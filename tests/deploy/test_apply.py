@@ -23,10 +23,9 @@ from kubernetes_asyncio import client
 
 from controller.cluster_ops import switch_colour
 from controller.configmap_source import ConfigMapSource
-from controller.kube import ConfigMapRef, ForbiddenError, KubeClient, load_api_client
+from controller.kube import ConfigMapRef, load_api_client
 from controller.leader import LeaseSettings
-from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
-from tests.conftest import ColourApp
+from controller.process import ConfigMapSpec, ShutdownSettings
 from tests.deploy.manifests import (
     CRDS,
     Document,
@@ -37,8 +36,11 @@ from tests.deploy.manifests import (
     run_arguments,
 )
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.kubernetes.test_configmap_source import MERGE_PATCH, wait_for
+from tests.kubernetes.test_configmap_source import MERGE_PATCH
+from tests.support.colours import ColourApp
 from tests.support.kube_fixtures import KubeApiServerFactory, started
+from tests.support.kube_process import assert_confined_to_role, proxy_following
+from tests.support.waiting import wait_for
 
 PROXY_KUSTOMIZATIONS = ("base", "examples/myapp")
 
@@ -193,8 +195,6 @@ async def test_the_proxy_runs_on_the_applied_configmap_with_the_applied_rbac(
     await asyncio.to_thread(apply, server, namespace, for_kube_1_20(rendered.documents))
 
     admin = await load_api_client(server.kubeconfig)
-    process: ProxyProcess | None = None
-    task: asyncio.Task[None] | None = None
     try:
         core = client.CoreV1Api(admin)
         ref: ConfigMapRef = args.configmap
@@ -210,65 +210,49 @@ async def test_the_proxy_runs_on_the_applied_configmap_with_the_applied_rbac(
             _content_type=MERGE_PATCH,  # type: ignore[call-arg]
         )
 
-        process = ProxyProcess(
-            ConfigMapSpec(
-                ref,
-                proxy_kubeconfig,
-                LeaseSettings(
-                    args.lease_duration, args.lease_renew_deadline, args.lease_retry_period
-                ),
-            ),
-            # The container listens on 0.0.0.0:8080 and :9090; here, free loopback ports.
-            Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", 0),
-            ShutdownSettings(delay=args.shutdown_delay, grace=args.shutdown_grace),
+        spec = ConfigMapSpec(
+            ref,
+            proxy_kubeconfig,
+            LeaseSettings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period),
         )
-        task = asyncio.create_task(process.run())
-        running = process
-        await wait_for(lambda: running.state.table is not None and running.proxy_port != 0, 30)
-        proxy_url = f"http://127.0.0.1:{running.proxy_port}/"
-        admin_url = f"http://127.0.0.1:{running.admin_port}"
-        async with aiohttp.ClientSession() as session:
-            # What the kubelet's probes ask.
-            for path in ("/readyz", "/healthz"):
-                async with session.get(admin_url + path) as response:
-                    assert response.status == 200, path
-            assert await get(session, proxy_url) == (200, "blue", "hello from blue\n")
-            preview = shipped["preview.header"]
-            assert (await get(session, proxy_url, **{preview: "1"}))[:2] == (200, "green")
+        # The container listens on 0.0.0.0:8080 and :9090; here, free loopback ports.
+        shutdown = ShutdownSettings(delay=args.shutdown_delay, grace=args.shutdown_grace)
+        async with proxy_following(spec, shutdown) as running:
+            proxy_url = f"http://127.0.0.1:{running.proxy_port}/"
+            admin_url = f"http://127.0.0.1:{running.admin_port}"
+            async with aiohttp.ClientSession() as session:
+                # What the kubelet's probes ask.
+                for path in ("/readyz", "/healthz"):
+                    async with session.get(admin_url + path) as response:
+                        assert response.status == 200, path
+                assert await get(session, proxy_url) == (200, "blue", "hello from blue\n")
+                preview = shipped["preview.header"]
+                assert (await get(session, proxy_url, **{preview: "1"}))[:2] == (200, "green")
 
-            # The applied Role's Lease rules are enough to win the election.
-            await wait_for(lambda: running.decides, 30)
-            source = running.source
-            assert isinstance(source, ConfigMapSource) and source.leadership is not None
-            lease = await client.CoordinationV1Api(admin).read_namespaced_lease(
-                f"{ref.name}-leader", ref.namespace
-            )
-            assert lease.spec.holder_identity == source.leadership.identity
+                # The applied Role's Lease rules are enough to win the election.
+                await wait_for(lambda: running.decides, 30)
+                source = running.source
+                assert isinstance(source, ConfigMapSource) and source.leadership is not None
+                lease = await client.CoordinationV1Api(admin).read_namespaced_lease(
+                    f"{ref.name}-leader", ref.namespace
+                )
+                assert lease.spec.holder_identity == source.leadership.identity
 
-            # A switch as `bluegreen switch green` makes it, from an operator's kubeconfig.
-            await wait_for(lambda: running.health_of("green")[0] == "healthy", 30)
-            result = await switch_colour(ref, server.kubeconfig, "green")
-            assert (result.previous, result.current, result.changed) == ("blue", "green", True)
-            await wait_for(
-                lambda: running.state.table is not None and running.state.table.active == "green",
-                10,
-            )
-            answers = [await get(session, proxy_url) for _ in range(20)]
-            assert set(answers) == {(200, "green", "hello from green\n")}
-            assert (await get(session, proxy_url, **{preview: "1"}))[:2] == (200, "blue")
+                # A switch as `bluegreen switch green` makes it, from an operator's kubeconfig.
+                await wait_for(lambda: running.health_of("green")[0] == "healthy", 30)
+                result = await switch_colour(ref, server.kubeconfig, "green")
+                assert (result.previous, result.current, result.changed) == ("blue", "green", True)
+                await wait_for(
+                    lambda: (
+                        running.state.table is not None and running.state.table.active == "green"
+                    ),
+                    10,
+                )
+                answers = [await get(session, proxy_url) for _ in range(20)]
+                assert set(answers) == {(200, "green", "hello from green\n")}
+                assert (await get(session, proxy_url, **{preview: "1"}))[:2] == (200, "blue")
 
         # ...and the proxy's identity has nothing beyond the Role.
-        async with await load_api_client(proxy_kubeconfig) as limited:
-            assert (await KubeClient(limited, ref).read()).data["active"] == "green"
-            with pytest.raises(ForbiddenError):
-                await KubeClient(limited, ConfigMapRef(ref.namespace, "other")).read()
-            with pytest.raises(client.ApiException) as denied:
-                await client.CoreV1Api(limited).list_namespaced_secret(ref.namespace)
-            assert denied.value.status == 403
+        await assert_confined_to_role(proxy_kubeconfig, ref, "green")
     finally:
-        if process is not None:
-            process.stop()
-        if task is not None:
-            await asyncio.wait_for(task, 30)
         await admin.close()

@@ -15,8 +15,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from controller.kube import ConfigMapRef, load_api_client
-from tests.conftest import BreakableColour, start_app
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.support.colours import BreakableColour, start_app
 
 
 @dataclass

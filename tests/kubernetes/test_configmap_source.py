@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,9 @@ import controller.kube
 from controller.configmap_source import ConfigMapSource
 from controller.kube import ConfigMapRef, ConflictError, KubeClient, NotFoundError, load_api_client
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
-from tests.conftest import ColourApp
 from tests.kubernetes.apiserver import KubeApiServer
+from tests.support.colours import ColourApp
+from tests.support.waiting import wait_for, wait_for_async
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -78,22 +79,6 @@ class Cluster:
         self.proxies.append((process, task))
         await wait_for(lambda: process.state.table is not None and process.proxy_port != 0, 20)
         return process
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_async(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

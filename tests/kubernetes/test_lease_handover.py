@@ -22,9 +22,11 @@ from kubernetes_asyncio import client
 
 from controller.history import read_history
 from controller.kube import ConfigMapRef, KubeClient
-from tests.conftest import BreakableColour, free_port, wait_until_ready
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.colour_configmap import colour_configmap
+from tests.support.colours import BreakableColour
+from tests.support.net import free_port
+from tests.support.waiting import wait_until_ready
 
 LEASE_DURATION = 15  # the default: a hand-over that waited for expiry would take this long
 RETRY_PERIOD = 1

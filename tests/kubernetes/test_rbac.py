@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from controller.kube import ConfigMapRef, ForbiddenError, KubeClient, load_api_client
-from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
-from tests.conftest import ColourApp
-from tests.kubernetes.test_configmap_source import colour_data, wait_for
+from controller.kube import ConfigMapRef, KubeClient, load_api_client
+from controller.process import ConfigMapSpec
+from tests.kubernetes.test_configmap_source import colour_data
+from tests.support.colours import ColourApp
 from tests.support.kube_fixtures import KubeApiServerFactory, started
+from tests.support.kube_process import assert_confined_to_role, proxy_following
+from tests.support.waiting import wait_for, wait_for_async
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "base" / "rbac.yaml"
 PROXY_USER = "bluegreen-proxy"
@@ -34,8 +34,6 @@ async def test_proxy_runs_with_the_shipped_role_and_nothing_more(
     started(server)
     namespace = f"rbac-{uuid.uuid4().hex[:8]}"
     admin = await load_api_client(server.kubeconfig)
-    process: ProxyProcess | None = None
-    task: asyncio.Task[None] | None = None
     try:
         core = client.CoreV1Api(admin)
         rbac = client.RbacAuthorizationV1Api(admin)
@@ -69,55 +67,27 @@ async def test_proxy_runs_with_the_shipped_role_and_nothing_more(
             )
         ref = ConfigMapRef(namespace, "bluegreen")
         proxy_kubeconfig = server.kubeconfig_for(token)
-        process = ProxyProcess(
-            ConfigMapSpec(ref, proxy_kubeconfig),
-            Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", 0),
-        )
-        task = asyncio.create_task(process.run())
-        await wait_for(lambda: process is not None and process.state.table is not None, 20)
-        # The Role's Lease rules are enough to win the election.
-        await wait_for(lambda: process is not None and process.decides, 20)
-        await core.patch_namespaced_config_map(
-            "bluegreen",
-            namespace,
-            {"data": {"active": "green"}},
-            _content_type="application/merge-patch+json",  # type: ignore[call-arg]
-        )
-        await wait_for(
-            lambda: (
-                process is not None
-                and process.state.table is not None
-                and process.state.table.active == "green"
-            ),
-            10,
-        )
-        admin_kube = KubeClient(admin, ref)
+        async with proxy_following(ConfigMapSpec(ref, proxy_kubeconfig), timeout=20) as process:
+            # The Role's Lease rules are enough to win the election.
+            await wait_for(lambda: process.decides, 20)
+            await core.patch_namespaced_config_map(
+                "bluegreen",
+                namespace,
+                {"data": {"active": "green"}},
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+            )
+            await wait_for(
+                lambda: process.state.table is not None and process.state.table.active == "green",
+                10,
+            )
+            admin_kube = KubeClient(admin, ref)
 
-        async def switched_event() -> bool:
-            return any(e.get("reason") == "Switched" for e in await admin_kube.events())
+            async def switched_event() -> bool:
+                return any(e.get("reason") == "Switched" for e in await admin_kube.events())
 
-        deadline = asyncio.get_running_loop().time() + 10
-        while not await switched_event():
-            assert asyncio.get_running_loop().time() < deadline, "no Switched Event"
-            await asyncio.sleep(0.1)
+            await wait_for_async(switched_event, 10, "the Switched Event")
 
         # ...and nothing beyond what the Role grants.
-        async with await load_api_client(proxy_kubeconfig) as limited:
-            with pytest.raises(ForbiddenError):
-                await KubeClient(limited, ConfigMapRef(namespace, "other")).read()
-            own = KubeClient(limited, ref)
-            version = await own.read()
-            assert version.data["active"] == "green"
-            with pytest.raises(client.ApiException) as denied:
-                await client.CoreV1Api(limited).list_namespaced_secret(namespace)
-            assert denied.value.status == 403
-            with pytest.raises(client.ApiException) as denied_delete:
-                await client.CoreV1Api(limited).delete_namespaced_config_map("bluegreen", namespace)
-            assert denied_delete.value.status == 403
+        await assert_confined_to_role(proxy_kubeconfig, ref, "green")
     finally:
-        if process is not None:
-            process.stop()
-        if task is not None:
-            await asyncio.wait_for(task, 10)
         await admin.close()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,21 +18,14 @@ from controller.history import HISTORY_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
-from tests.conftest import BreakableColour as Colour
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.colour_configmap import colour_configmap
-from tests.kubernetes.test_configmap_source import wait_for_async
+from tests.support.colours import BreakableColour as Colour
+from tests.support.waiting import wait_for as wait
+from tests.support.waiting import wait_for_async
 
 LEASE = LeaseSettings(duration=3, renew_deadline=2, retry_period=1)
 MERGE_PATCH = "application/merge-patch+json"
-
-
-async def wait(condition: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 @dataclass

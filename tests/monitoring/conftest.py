@@ -15,9 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import BreakableColour as Colour
-from tests.conftest import breakable_config, free_port, start_app, wait_until_ready
-from tests.test_process import atomic_write
+from tests.support.colours import BreakableColour as Colour
+from tests.support.colours import breakable_config, start_app
+from tests.support.files import atomic_write
+from tests.support.net import free_port
+from tests.support.waiting import wait_until_ready
 from tests.tools import debian_tool
 
 

@@ -14,7 +14,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.metrics import ROLLBACK_REASONS
-from tests.conftest import raw_exchange
 from tests.monitoring.assets import (
     METRICS_DOC,
     TARGET_LABELS,
@@ -25,6 +24,7 @@ from tests.monitoring.assets import (
     promql_use,
 )
 from tests.monitoring.conftest import Bluegreen
+from tests.support.net import raw_exchange
 
 # The process is a subprocess; the test's own loop only drives clients, so one loop is enough.
 ONE_LOOP = pytest.mark.asyncio(loop_factories=["uvloop"])

@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import free_port
 from tests.monitoring.assets import dashboard_queries, doc_block, doc_blocks
 from tests.monitoring.conftest import Bluegreen
+from tests.support.net import free_port
 from tests.tools import debian_tool
 
 QUERY = "sum by (colour) (rate(bluegreen_requests_total[1m]))"

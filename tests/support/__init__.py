@@ -1,5 +1,12 @@
-"""Test support shared by tests/ and benchmarks/: colour apps, readiness polls, files, markers.
+"""Test support shared by tests/ and benchmarks/ (which never import tests/conftest.py).
 
-Modules here are plain code (importable from benchmarks/) except the pytest plugins
-`markers` and `kube_fixtures`, which tests/conftest.py loads for the whole test tree.
+- `colours`: the colour apps (`ColourApp`, `BreakableColour`) and `start_app`;
+- `net`: `free_port`, `raw_exchange`, `RunningProxy`;
+- `waiting`: `wait_for`, `wait_for_async`, `wait_until_ready` (a `bluegreen run`'s /readyz);
+- `files`: `atomic_write`, as editors save;
+- `memory_transport`: in-memory transports for the protocol tests;
+- `kube_process`: a ProxyProcess following a ConfigMap, and the check of its Role's limits.
+
+These are plain modules, except the pytest plugins `markers` and `kube_fixtures`, which
+tests/conftest.py loads for the whole test tree.
 """
