@@ -16,6 +16,7 @@ from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
 from tests.support.colours import ColourApp, colour_application, start_app
 from tests.support.net import RunningProxy, TableFactory
+from tests.support.upstreams import RawUpstreams
 
 # For every test below tests/: the slow-kind markers, and the kube-apiserver fixtures (loaded
 # here once so that all directories share one session server).
@@ -77,3 +78,11 @@ async def proxy(make_table: TableFactory) -> AsyncIterator[RunningProxy]:
     listener = await server.listen("127.0.0.1", 0)
     yield RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
     await server.shutdown(1.0)
+
+
+@pytest.fixture
+async def raw_upstreams() -> AsyncIterator[RawUpstreams]:
+    """Upstreams written with raw streams, and proxies to them; all closed after the test."""
+    made = RawUpstreams()
+    yield made
+    await made.close()

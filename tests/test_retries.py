@@ -7,54 +7,12 @@ where they land, at the upstream, not inside the proxy.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import pytest
+from proxy.routing import RetryPolicy
+from tests.support.net import free_port, raw_exchange
+from tests.support.upstreams import Handler, RawUpstreams
 
-from proxy.metrics import TrafficStats
-from proxy.routing import ProxyTimeouts, RetryPolicy, RoutingTable, Upstream
-from proxy.server import ProxyServer
-from tests.support.net import RunningProxy, free_port, raw_exchange
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Upstreams:
-    """Starts raw upstream servers and proxies in front of them; closes all at the end."""
-
-    def __init__(self) -> None:
-        self.servers: list[asyncio.Server] = []
-        self.proxies: list[ProxyServer] = []
-
-    async def start(self, handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        self.servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    async def proxy_to(self, port: int, retry: RetryPolicy | None = None) -> RunningProxy:
-        upstreams = {
-            "blue": Upstream("blue", f"http://127.0.0.1:{port}", "127.0.0.1", port),
-            "green": Upstream("green", "http://127.0.0.1:1", "127.0.0.1", 1),
-        }
-        table = RoutingTable("v1", "blue", "green", upstreams, timeouts=ProxyTimeouts(read=2))
-        if retry is not None:
-            table = dataclasses.replace(table, retry=retry)
-        server = ProxyServer(TrafficStats(), table)
-        self.proxies.append(server)
-        listener = await server.listen("127.0.0.1", 0)
-        return RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
-
-
-@pytest.fixture
-async def upstreams() -> AsyncIterator[Upstreams]:
-    made = Upstreams()
-    yield made
-    for proxy in made.proxies:
-        await proxy.shutdown(0.5)
-    for server in made.servers:
-        server.close()
 
 
 def hang_up_on_first(count: list[int], answers_from: int = 2) -> Handler:
@@ -75,10 +33,10 @@ def hang_up_on_first(count: list[int], answers_from: int = 2) -> Handler:
 
 
 async def test_an_idempotent_request_closed_unanswered_is_sent_again(
-    upstreams: Upstreams,
+    raw_upstreams: RawUpstreams,
 ) -> None:
     attempts = [0]
-    proxy = await upstreams.proxy_to(await upstreams.start(hang_up_on_first(attempts)))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(hang_up_on_first(attempts)))
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b"ok")
     assert attempts[0] == 2
@@ -86,13 +44,13 @@ async def test_an_idempotent_request_closed_unanswered_is_sent_again(
 
 
 async def test_a_request_with_a_body_is_not_sent_twice_once_it_went_out(
-    upstreams: Upstreams,
+    raw_upstreams: RawUpstreams,
 ) -> None:
     """The body streamed to the first upstream is not kept, and the request may have been
     processed: a 502 is the honest answer, not a second POST."""
     attempts = [0]
     handler = hang_up_on_first(attempts, answers_from=100)
-    proxy = await upstreams.proxy_to(await upstreams.start(handler))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(handler))
     raw = await raw_exchange(
         proxy.port, b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
     )
@@ -104,20 +62,20 @@ async def test_a_request_with_a_body_is_not_sent_twice_once_it_went_out(
     assert proxy.server.stats.retries == {}
 
 
-async def test_retries_stop_at_the_configured_count(upstreams: Upstreams) -> None:
+async def test_retries_stop_at_the_configured_count(raw_upstreams: RawUpstreams) -> None:
     attempts = [0]
-    port = await upstreams.start(hang_up_on_first(attempts, answers_from=100))
-    proxy = await upstreams.proxy_to(port, RetryPolicy(max_retries=2))
+    port = await raw_upstreams.start(hang_up_on_first(attempts, answers_from=100))
+    proxy = await raw_upstreams.proxy_to(port, RetryPolicy(max_retries=2))
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
     assert attempts[0] == 3  # the first attempt and two retries
-    off = await upstreams.proxy_to(port, RetryPolicy(max_retries=0))
+    off = await raw_upstreams.proxy_to(port, RetryPolicy(max_retries=0))
     raw = await raw_exchange(off.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
     assert attempts[0] == 4
 
 
-async def test_no_retry_starts_after_the_retry_timeout(upstreams: Upstreams) -> None:
+async def test_no_retry_starts_after_the_retry_timeout(raw_upstreams: RawUpstreams) -> None:
     attempts = [0]
 
     async def slow_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -126,8 +84,8 @@ async def test_no_retry_starts_after_the_retry_timeout(upstreams: Upstreams) -> 
         await asyncio.sleep(0.3)
         writer.close()
 
-    port = await upstreams.start(slow_hang_up)
-    proxy = await upstreams.proxy_to(port, RetryPolicy(max_retries=5, timeout=0.5))
+    port = await raw_upstreams.start(slow_hang_up)
+    proxy = await raw_upstreams.proxy_to(port, RetryPolicy(max_retries=5, timeout=0.5))
     loop = asyncio.get_running_loop()
     started = loop.time()
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -137,7 +95,7 @@ async def test_no_retry_starts_after_the_retry_timeout(upstreams: Upstreams) -> 
     assert loop.time() - started < 1.5
 
 
-async def test_no_retry_once_response_bytes_reached_the_client(upstreams: Upstreams) -> None:
+async def test_no_retry_once_response_bytes_reached_the_client(raw_upstreams: RawUpstreams) -> None:
     attempts = [0]
 
     async def half_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -147,7 +105,7 @@ async def test_no_retry_once_response_bytes_reached_the_client(upstreams: Upstre
         await writer.drain()
         writer.transport.abort()
 
-    proxy = await upstreams.proxy_to(await upstreams.start(half_response))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(half_response))
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert raw.endswith(b"\r\n\r\nabc")  # cut short: never a complete response
@@ -155,11 +113,11 @@ async def test_no_retry_once_response_bytes_reached_the_client(upstreams: Upstre
 
 
 async def test_a_refused_connection_is_retried_for_any_method_then_502(
-    upstreams: Upstreams,
+    raw_upstreams: RawUpstreams,
 ) -> None:
     """Refused means nothing was sent: even a POST with a body may go again, within bounds."""
     dead = free_port()
-    proxy = await upstreams.proxy_to(dead, RetryPolicy(max_retries=2))
+    proxy = await raw_upstreams.proxy_to(dead, RetryPolicy(max_retries=2))
     raw = await raw_exchange(
         proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
     )
@@ -170,7 +128,9 @@ async def test_a_refused_connection_is_retried_for_any_method_then_502(
     assert stats.upstream_errors == {("blue", "connect"): 1}  # one request, one failure
 
 
-async def test_a_refused_post_reaches_the_colour_once_it_listens(upstreams: Upstreams) -> None:
+async def test_a_refused_post_reaches_the_colour_once_it_listens(
+    raw_upstreams: RawUpstreams,
+) -> None:
     """A colour whose pods are restarting refuses for a moment; the retry carries the body."""
     received = bytearray()
     got_all = asyncio.Event()
@@ -184,7 +144,7 @@ async def test_a_refused_post_reaches_the_colour_once_it_listens(upstreams: Upst
         writer.close()
 
     port = free_port()
-    proxy = await upstreams.proxy_to(port, RetryPolicy(max_retries=1000, timeout=10))
+    proxy = await raw_upstreams.proxy_to(port, RetryPolicy(max_retries=1000, timeout=10))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
     stats = proxy.server.stats
@@ -192,7 +152,7 @@ async def test_a_refused_post_reaches_the_colour_once_it_listens(upstreams: Upst
         while not stats.retries:  # noqa: ASYNC110 - polls the proxy's counter, set by no event
             await asyncio.sleep(0)  # the colour has refused at least once
     server = await asyncio.start_server(keep, "127.0.0.1", port)
-    upstreams.servers.append(server)
+    raw_upstreams.servers.append(server)
     answer = await asyncio.wait_for(reader.readuntil(b"ok"), 5)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 200 OK")

@@ -5,46 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from proxy.metrics import TrafficStats
 from proxy.routing import PoolSettings, ProxyTimeouts, RoutingTable, Upstream
-from proxy.server import ProxyServer
 from tests.support.net import RunningProxy, TableFactory, free_port, raw_exchange
+from tests.support.upstreams import RawUpstreams, proxy_to
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    """Start misbehaving upstreams written with raw streams."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-async def proxy_to(port: int, timeouts: ProxyTimeouts | None = None) -> RunningProxy:
-    upstreams = {
-        "blue": Upstream("blue", f"http://127.0.0.1:{port}", "127.0.0.1", port),
-        "green": Upstream("green", "http://127.0.0.1:1", "127.0.0.1", 1),
-    }
-    table = RoutingTable(
-        "v1", "blue", "green", upstreams, timeouts=timeouts or ProxyTimeouts(read=0.5)
-    )
-    server = ProxyServer(TrafficStats(), table)
-    listener = await server.listen("127.0.0.1", 0)
-    return RunningProxy(server, int(listener.sockets[0].getsockname()[1]))
+# Misbehaving upstreams are noticed fast: a read stall is a 504 after half a second.
+FAST = ProxyTimeouts(read=0.5)
 
 
 async def test_unreachable_colour_gets_502_naming_it(
@@ -65,14 +36,14 @@ async def test_unreachable_colour_gets_502_naming_it(
 
 
 async def test_stalled_upstream_gets_504(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         await asyncio.sleep(5)
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(stall))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(stall), timeouts=FAST)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -85,13 +56,13 @@ async def test_stalled_upstream_gets_504(
 
 
 async def test_close_without_answer_gets_502(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(hang_up))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(hang_up), timeouts=FAST)
     try:
         raw = await raw_exchange(proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
@@ -101,7 +72,7 @@ async def test_close_without_answer_gets_502(
 
 
 async def test_reset_mid_body_cuts_the_client_connection(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def half_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -109,7 +80,7 @@ async def test_reset_mid_body_cuts_the_client_connection(
         await writer.drain()
         writer.transport.abort()
 
-    proxy = await proxy_to(await raw_upstream(half_body))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(half_body), timeouts=FAST)
     try:
         raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         head, _, body = raw.partition(b"\r\n\r\n")
@@ -121,7 +92,7 @@ async def test_reset_mid_body_cuts_the_client_connection(
 
 
 async def test_conflicting_upstream_framing_becomes_502(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def smuggle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -133,7 +104,7 @@ async def test_conflicting_upstream_framing_becomes_502(
         await asyncio.sleep(1)
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(smuggle))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(smuggle), timeouts=FAST)
     try:
         raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
@@ -144,7 +115,7 @@ async def test_conflicting_upstream_framing_becomes_502(
 
 
 async def test_close_delimited_upstream_body_is_chunked_to_the_client(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -152,7 +123,7 @@ async def test_close_delimited_upstream_body_is_chunked_to_the_client(
         await writer.drain()
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(old_server))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(old_server), timeouts=FAST)
     try:
         raw = await raw_exchange(
             proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -164,7 +135,7 @@ async def test_close_delimited_upstream_body_is_chunked_to_the_client(
 
 
 async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     connections = 0
 
@@ -181,7 +152,9 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
         await reader.readuntil(b"\r\n\r\n")
         writer.transport.abort()
 
-    proxy = await proxy_to(await raw_upstream(one_request_then_close))
+    proxy = await raw_upstreams.proxy_to(
+        await raw_upstreams.start(one_request_then_close), timeouts=FAST
+    )
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(3):
@@ -194,7 +167,7 @@ async def test_stale_pooled_connection_is_retried_for_idempotent_requests(
 
 
 async def test_oversized_response_head_becomes_502(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -205,7 +178,7 @@ async def test_oversized_response_head_becomes_502(
         await asyncio.sleep(1)
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(endless_head))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(endless_head), timeouts=FAST)
     try:
         raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 502 Bad Gateway")
@@ -215,7 +188,7 @@ async def test_oversized_response_head_becomes_502(
 
 
 async def test_upstream_connection_close_is_honoured(
-    raw_upstream: Callable[[Handler], Awaitable[int]],
+    raw_upstreams: RawUpstreams,
 ) -> None:
     connections = 0
 
@@ -231,7 +204,7 @@ async def test_upstream_connection_close_is_honoured(
         await asyncio.sleep(0.3)  # closes late, so a pool ignoring "close" would reuse it
         writer.close()
 
-    proxy = await proxy_to(await raw_upstream(one_shot))
+    proxy = await raw_upstreams.proxy_to(await raw_upstreams.start(one_shot), timeouts=FAST)
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(3):
@@ -299,7 +272,7 @@ async def test_upstream_killed_mid_stream_closes_the_client_never_completing(
     try:
         assert process.stdout is not None
         port = int(await asyncio.wait_for(process.stdout.readline(), 10))
-        proxy = await proxy_to(port, ProxyTimeouts(read=5))
+        proxy = await proxy_to(port, timeouts=ProxyTimeouts(read=5))
         try:
             async with (
                 aiohttp.ClientSession() as session,
