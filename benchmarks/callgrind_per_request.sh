@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Instructions per proxied request under callgrind (load-independent, unlike wall-clock):
+# runs benchmarks/hot_path.measure for 2000 and 6000 requests of each kind and prints
+# (Ir(6000) - Ir(2000)) / 4000, so start-up and warm-up cancel out.
+# Usage: bash benchmarks/callgrind_per_request.sh   (from the repository root, after bin/setup)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+instructions() {  # kind count -> total Ir of one run
+    valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$py" -c \
+        "import benchmarks.hot_path as h; h.measure(h.$1, $2)" >/dev/null 2>"$tmp/err" \
+        || { cat "$tmp/err" >&2; exit 1; }
+    grep -E '^(summary|totals):' "$tmp/out" | head -1 | awk '{print $2}'
+}
+for kind in REQUEST BROWSER_REQUEST; do
+    small=$(instructions "$kind" 2000)
+    large=$(instructions "$kind" 6000)
+    echo "$kind: $(( (large - small) / 4000 )) instructions per request"
+done
