@@ -5,11 +5,13 @@
 #     --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg SOURCE=https://example.org/your/bluegreen.git .
 #
-# Two stages. `build` turns the project and every dependency into wheels, with a compiler at
-# hand for any platform that lacks a prebuilt wheel (linux/amd64 and linux/arm64 have them all).
-# The final stage installs those wheels with no index and no compiler, runs as uid 10001, and
-# starts `bluegreen run`. tests/test_packaging.py runs the same pip steps in a clean venv and
-# checks this file's final stage, since the test machine has no Docker engine.
+# Two stages. `build` turns the project and every dependency into wheels. Its compiler is what
+# compiles the proxy's hot path with mypyc (setup.py), and it builds any dependency that lacks a
+# prebuilt wheel for the platform (linux/amd64 and linux/arm64 have them all). The final stage
+# installs those wheels with no index and no compiler, checks that the compiled proxy is what
+# runs, runs as uid 10001, and starts `bluegreen run`. tests/test_packaging.py runs the same pip
+# steps in a clean venv and checks this file's final stage, since the test machine has no Docker
+# engine.
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -18,7 +20,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the wheel is built from; .dockerignore keeps everything else out of the context.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 COPY controller ./controller
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
@@ -44,6 +46,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels \
       --root-user-action=ignore --disable-pip-version-check bluegreen \
  && pip uninstall --yes --root-user-action=ignore pip setuptools wheel
+# setup.py falls back to the pure-Python proxy when compiling fails; an image must not, so the
+# build stops here unless the installed program says it runs compiled.
+RUN bluegreen --version | grep -F "(compiled,"
+# `bluegreen --version` and bluegreen_build_info report it.
+ENV BLUEGREEN_REVISION="${REVISION}"
 # Bytecode is compiled by pip at install time; nothing needs writing at run time, so the
 # Deployment can set readOnlyRootFilesystem. The process tunes malloc itself at start-up
 # (controller/tuning.py) and handles SIGTERM as PID 1 (it installs its own handler and starts

@@ -184,7 +184,7 @@ def field_pattern(names: Sequence[bytes]) -> re.Pattern[bytes]:
     The pattern starts with the literal CRLF, so the regex engine jumps from line start to line
     start instead of trying every byte of the block.
     """
-    alternatives = b"|".join(re.escape(name) for name in names)
+    alternatives = b"|".join([re.escape(name) for name in names])
     return re.compile(rb"\r\n(" + alternatives + rb"|proxy-[^:\r\n]*):")
 
 
@@ -210,8 +210,12 @@ def cut_lines(section: bytes, lines: list[tuple[int, int, bytes]]) -> bytes:
     kept = []
     position = 0
     for start, end, _ in lines:
-        kept.append(section[position:start])
-        position = end
+        # A line can be listed twice (a field that Connection names and that is hop-by-hop
+        # anyway, or named twice): its second entry starts before `position`. Skipped, not
+        # sliced: mypyc's bytes slice fails on a start past the end, where Python gives b"".
+        if start >= position:
+            kept.append(section[position:start])
+            position = end
     kept.append(section[position:])
     return b"".join(kept)
 

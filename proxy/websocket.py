@@ -83,5 +83,5 @@ def close_frame(code: int, reason: str, *, masked: bool) -> bytes:
     if not masked:
         return bytes((_CLOSE, len(payload))) + payload
     mask = os.urandom(4)
-    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    body = bytes([byte ^ mask[i % 4] for i, byte in enumerate(payload)])
     return bytes((_CLOSE, _MASKED | len(payload))) + mask + body

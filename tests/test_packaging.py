@@ -184,24 +184,31 @@ class Installed:
         return self.venv / "bin" / "bluegreen"
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without anything that would point Python at the repository or .venv."""
-    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
-    return {key: value for key, value in os.environ.items() if key not in drop}
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without anything that would point Python at the repository or .venv,
+    nor choose the pure-Python build (bin/test's pure pass sets BLUEGREEN_PURE), plus `extra`."""
+    drop = {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "BLUEGREEN_PURE"}
+    return {key: value for key, value in os.environ.items() if key not in drop} | extra
 
 
-def run(command: list[str | Path], cwd: Path, timeout: float = 120) -> str:
+def run(
+    command: list[str | Path],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    with_stderr: bool = False,
+) -> str:
+    """Run `command` to success; its stdout (and stderr with `with_stderr`)."""
     result = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
-        env=clean_env(),
+        env=env or clean_env(),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return result.stdout + (result.stderr if with_stderr else "")
 
 
 @pytest.fixture(scope="module")
@@ -211,28 +218,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     context, wheels, venv, workdir = (base / n for n in ("context", "wheels", "venv", "work"))
     workdir.mkdir()
     build_context(context)
-    # Build stage: `pip wheel --wheel-dir /wheels .` (the project and all its dependencies).
+    # Build stage: `pip wheel --wheel-dir /wheels .` (the project and all its dependencies),
+    # compiling the proxy with mypyc in pip's isolated build environment.
     run([sys.executable, "-m", "pip", "wheel", "--wheel-dir", wheels, context], cwd=workdir)
-    # Final stage: install from the wheel directory alone. The venv gets no pip, as the image
-    # keeps none: the installed program must not need pip or setuptools at run time.
+    install_clean(venv, wheels, workdir)
+    return Installed(wheels, venv, workdir)
+
+
+def install_clean(
+    venv: Path, wheels: Path, workdir: Path, requirement: str | Path = "bluegreen"
+) -> None:
+    """The final stage: a venv with no pip (the image keeps none: the installed program must not
+    need pip or setuptools at run time), `requirement` installed from `wheels` alone."""
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=workdir)
     python = venv / "bin" / "python"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            python,
-            "install",
-            "--no-index",
-            "--find-links",
-            wheels,
-            "bluegreen",
-        ],
-        cwd=workdir,
-    )
-    return Installed(wheels, venv, workdir)
+    pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", python, "install"]
+    run([*pip, "--no-index", "--find-links", wheels, requirement], cwd=workdir)
 
 
 # --- what was built and installed -----------------------------------------------------------
@@ -243,10 +244,16 @@ def test_wheel_holds_the_packages_their_data_and_nothing_else(installed: Install
         names = wheel.namelist()
         metadata = wheel.read(f"bluegreen-{VERSION}.dist-info/METADATA").decode()
         entry_points = wheel.read(f"bluegreen-{VERSION}.dist-info/entry_points.txt").decode()
-    assert installed.wheel.name == f"bluegreen-{VERSION}-py3-none-any.whl"
+    # Compiled: a wheel for this interpreter and platform, with each compiled module's shim and
+    # the shared library beside the sources, which stay for the pure-Python fallback.
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert re.fullmatch(rf"bluegreen-{VERSION}-{tag}-{tag}-\w+\.whl", installed.wheel.name)
     for needed in ("proxy/status.html", "proxy/py.typed", "controller/py.typed"):
         assert needed in names
     assert "controller/cli.py" in names and "proxy/server.py" in names
+    extensions = {name.split(".", 1)[0] for name in names if name.endswith(".so")}
+    assert {"proxy/hotpath__mypyc", "proxy/server", "proxy/downstream"} <= extensions, extensions
+    assert "proxy/__init__" not in extensions and "proxy/admin" not in extensions
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"proxy", "controller", f"bluegreen-{VERSION}.dist-info"}, tops
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
@@ -262,7 +269,19 @@ def test_clean_venv_runs_the_installed_program(installed: Installed) -> None:
     assert "include-system-site-packages = false" in config
     assert not (installed.venv / "bin" / "pip").exists()
     out = run([installed.bluegreen, "--version"], cwd=installed.workdir)
-    assert out.strip() == f"bluegreen {VERSION}"
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert out.strip() == f"bluegreen {VERSION} (compiled, Python {python})"
+    # The run-time switch: the same installation, the sources instead of the compiled modules.
+    pure = run(
+        [installed.bluegreen, "--version"], cwd=installed.workdir, env=clean_env(BLUEGREEN_PURE="1")
+    )
+    assert pure.strip() == f"bluegreen {VERSION} (pure Python, Python {python})"
+    revision = run(
+        [installed.bluegreen, "--version"],
+        cwd=installed.workdir,
+        env=clean_env(BLUEGREEN_REVISION="0123abc"),
+    )
+    assert revision.strip() == f"bluegreen {VERSION} (compiled, Python {python}, revision 0123abc)"
     where = run(
         [
             installed.venv / "bin" / "python",
@@ -273,6 +292,43 @@ def test_clean_venv_runs_the_installed_program(installed: Installed) -> None:
     )
     site_packages = installed.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
     assert Path(where.strip()).is_relative_to(site_packages), where
+
+
+def build_project_wheel(installed: Installed, name: str, **env: str) -> tuple[Path, str]:
+    """Build only bluegreen's wheel from the build context, with `env`, into a new directory.
+
+    With .venv's build requirements (no isolated environment: quicker, and the same pinned
+    mypy). Returns the wheel and the build's output (-v: where setup.py says what it built).
+    """
+    context, wheels = installed.workdir / name / "context", installed.workdir / name / "wheels"
+    build_context(context)
+    pip_wheel: list[str | Path] = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps"]
+    output = run(
+        [*pip_wheel, "--no-build-isolation", "--wheel-dir", wheels, context],
+        cwd=installed.workdir,
+        env=clean_env(**env),
+        with_stderr=True,
+    )
+    (wheel,) = wheels.glob("bluegreen-*.whl")
+    return wheel, output
+
+
+def test_pure_build_when_asked_for_at_build_time(installed: Installed) -> None:
+    wheel, output = build_project_wheel(installed, "pure", BLUEGREEN_PURE="1")
+    assert "BLUEGREEN_PURE is set" in output, output
+    assert wheel.name == f"bluegreen-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".so")]
+
+
+def test_pure_fallback_when_the_compiler_fails(installed: Installed) -> None:
+    # `false` stands for a machine without a working C compiler: every compile fails.
+    wheel, output = build_project_wheel(installed, "no-compiler", CC="false")
+    assert "compiled proxy could not be built" in output, output
+    venv = installed.workdir / "no-compiler" / "venv"
+    install_clean(venv, installed.wheels, installed.workdir, wheel)
+    out = run([venv / "bin" / "bluegreen", "--version"], cwd=installed.workdir)
+    assert "(pure Python, Python " in out, out
 
 
 @pytest.fixture
@@ -331,6 +387,14 @@ async def test_installed_proxy_routes_and_stops_cleanly_on_sigterm(
             assert "<title>bluegreen status</title>" in await response.text()
         async with session.get(admin + "/status", params={"format": "json"}) as response:
             assert json.loads(await response.text())["active"] == "blue"
+        async with session.get(admin + "/metrics") as response:
+            build_info = [
+                line
+                for line in (await response.text()).splitlines()
+                if line.startswith("bluegreen_build_info{")
+            ]
+        assert len(build_info) == 1 and 'compiled="true"' in build_info[0], build_info
+        assert f'version="{VERSION}"' in build_info[0], build_info
         # The session's idle keep-alive connections stay open: they must not hold up the exit
         # (the default --shutdown-grace is 25 s).
         started = time.monotonic()
@@ -370,6 +434,8 @@ def test_dockerfile_final_stage_is_slim_non_root_and_runs_bluegreen() -> None:
     for compiler in ("build-essential", "gcc", "g++", "clang", "make ", "apt-get install"):
         assert compiler not in final_runs, f"{compiler!r} in the final stage"
     assert "build-essential" in " ".join(build.arguments("RUN")), "compilers stay in build"
+    # The image must run the compiled proxy: its build stops if the fallback was taken.
+    assert 'bluegreen --version | grep -F "(compiled,"' in final.arguments("RUN")
     # The final stage installs from the build stage's wheels only, never from an index.
     assert "--no-index" in final_runs and "from=build" in final_runs
     assert not [a for a in final.arguments("COPY") if "/wheels" in a], "no layer keeps /wheels"
@@ -385,7 +451,7 @@ def test_dockerfile_final_stage_is_slim_non_root_and_runs_bluegreen() -> None:
 
 def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
     copied = copy_sources(STAGES[0])
-    assert set(copied) == {"pyproject.toml", "README.md", "proxy", "controller"}
+    assert set(copied) == {"pyproject.toml", "setup.py", "README.md", "proxy", "controller"}
     for path in copied:
         assert not IGNORE.ignored(path), path
     for path in ("proxy/status.html", "proxy/py.typed", "controller/cli.py"):
@@ -400,6 +466,8 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
         ".ruff_cache/x",
         ".pytest_cache/v",
         "proxy/__pycache__/server.cpython-311.pyc",
+        "proxy/server.cpython-311-x86_64-linux-gnu.so",  # an in-place build of the checkout
+        "proxy/hotpath__mypyc.cpython-311-x86_64-linux-gnu.so",
         "controller/cli.pyc",
         "bluegreen.egg-info/PKG-INFO",
         "deploy/base/rbac.yaml",
