@@ -11,12 +11,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import shtab
 
+from controller.build import BuildInfo
 from controller.cluster_ops import OperationError, read_status, switch_colour
 from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
@@ -42,11 +42,16 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _version() -> str:
-    try:
-        return version("bluegreen")
-    except PackageNotFoundError:
-        return "unknown"
+class _VersionAction(argparse.Action):
+    """`--version`: the build identity, looked up only when asked for (it imports the proxy)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and build; exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        """Print the version line and exit."""
+        print(BuildInfo.current().describe())
+        parser.exit()
 
 
 def _endpoint(text: str) -> Endpoint:
@@ -144,7 +149,7 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
         ),
         formatter_class=_Help,
     )
-    parser.add_argument("--version", action="version", version=f"bluegreen {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -66,11 +66,23 @@ class ControlMetrics:
             ("colour",),
             registry=registry,
         )
+        self.build_info = Gauge(
+            "bluegreen_build_info",
+            "Always 1; the labels say what this process runs: version, revision, python, and "
+            "compiled (true for the mypyc-compiled proxy, false for the pure-Python one).",
+            ("version", "revision", "python", "compiled"),
+            registry=registry,
+        )
         # Every label value exists from the start at 0, so that increase() sees the first one.
         for result in ("accepted", "rejected"):
             self.config_reloads.labels(result)
         for reason in ROLLBACK_REASONS:
             self.rollbacks.labels(reason)
+
+    def show_build(self, labels: dict[str, str]) -> None:
+        """Export the process's build identity as the one series of `bluegreen_build_info`."""
+        self.build_info.clear()
+        self.build_info.labels(**labels).set(1)
 
     def show_active(self, colours: tuple[str, ...], active: str) -> None:
         """Set the active-colour gauge: 1 for `active`, 0 for every other colour."""

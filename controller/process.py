@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from controller.build import BuildInfo
 from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource, ConfigMapSpec
 from controller.file_source import FileSource
@@ -82,6 +83,7 @@ class ProxyProcess:
         self.server_settings = server_settings
         self.stats = TrafficStats()
         self.registry, self.metrics = build_registry(self.stats)
+        self.metrics.show_build(BuildInfo.current().labels())
         self.source: ConfigSource = (
             ConfigMapSource(config, self.apply, self.reject)
             if isinstance(config, ConfigMapSpec)
