@@ -482,3 +482,15 @@ def test_dockerignore_matcher_follows_docker_semantics() -> None:
     assert not rules.ignored("keep/a.py") and not rules.ignored("keep/sub/b.py")
     assert rules.ignored("keep/a.tmp") and rules.ignored("keep/sub/b.tmp")
     assert rules.ignored("abs")
+
+
+def test_the_in_place_build_uses_the_pinned_mypy() -> None:
+    # bin/setup compiles in place with .venv's mypy (the test extra), a wheel build with the
+    # [build-system] one: the two pins must name the same version, or they generate other C.
+    def pin(requirements: list[str]) -> str:
+        (mypy,) = [r.split("#")[0].strip() for r in requirements if r.startswith("mypy")]
+        return mypy
+
+    build = pin(PYPROJECT["build-system"]["requires"])
+    assert build.startswith("mypy==")
+    assert pin(PYPROJECT["project"]["optional-dependencies"]["test"]) == build
