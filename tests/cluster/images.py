@@ -45,6 +45,7 @@ CONTEXT_PATHS = (
     "Dockerfile",
     ".dockerignore",
     "pyproject.toml",
+    "setup.py",
     "README.md",
     "proxy",
     "controller",
@@ -101,7 +102,9 @@ def tree_hash(root: Path, paths: Iterable[str], *extra: str) -> str:
         top = root / name
         files = sorted(top.rglob("*")) if top.is_dir() else [top]
         for path in files:
-            if not path.is_file() or "__pycache__" in path.parts:
+            # Bytecode and the in-place build's extension modules: .dockerignore keeps both out
+            # of the build context, so they must not change the key either.
+            if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".so":
                 continue
             digest.update(str(path.relative_to(root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
