@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 MYAPP_DIR = Path(__file__).resolve().with_name("myapp")
 BASE_REF = "docker.io/library/python:3.11-slim-bookworm"
-BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
+# python3-dev: python:3.11-slim ships the headers, and the build stage compiles the proxy.
+BASE_PACKAGES = ("python3", "python3-dev", "python3-pip", "python3-venv", "ca-certificates")
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FIXTURE_LABEL = (
     "TEST FIXTURE of bluegreen's tests/cluster: a stand-in for python:3.11-slim-bookworm made "
