@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.colours import ColourApp
-from tests.test_process import Proxy, config_text
+from tests.support.process import Proxy, config_text
 
 DELAY = 1.5  # --shutdown-delay
 

@@ -15,8 +15,8 @@ from controller.config import parse_config
 from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
 from tests.support.colours import ColourApp, start_app
+from tests.support.process import Proxy, config_text, running, sample
 from tests.support.waiting import wait_for as wait_until
-from tests.test_process import Proxy, config_text, running, sample
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
 

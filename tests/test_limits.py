@@ -20,7 +20,7 @@ from proxy.metrics import TrafficStats
 from proxy.routing import ClientLimits, RoutingTable, Upstream
 from proxy.server import ProxyServer
 from tests.support.net import raw_exchange
-from tests.test_strict_parsing import RecordingUpstream
+from tests.support.upstreams import RecordingUpstream
 
 
 class PatientUpstream(RecordingUpstream):

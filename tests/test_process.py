@@ -9,101 +9,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.colours import ColourApp
 from tests.support.files import atomic_write
-from tests.support.net import free_port
-from tests.support.waiting import wait_until_ready
-
-BLUEGREEN = [sys.executable, "-m", "controller.cli"]
-
-
-def config_text(colours: dict[str, ColourApp], active: str, extra: str = "") -> str:
-    return (
-        f"# test config\nactive: {active}\n"
-        f"upstream.blue: {colours['blue'].url}\nupstream.green: {colours['green'].url}\n" + extra
-    )
-
-
-class Proxy:
-    """A `bluegreen run` subprocess on free loopback ports."""
-
-    def __init__(self, config: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.config = config
-        self.extra_args = extra_args
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *BLUEGREEN,
-                "run",
-                "--config",
-                str(self.config),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admin-listen",
-                f"127.0.0.1:{self.admin_port}",
-                "--shutdown-grace",
-                "5",
-                *self.extra_args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_ready(self) -> None:
-        process = self.process
-        assert process is not None
-        await wait_until_ready(self.admin, lambda: process.poll() is not None, self.output)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
-
-    def output(self) -> str:
-        if self.process is None or self.process.stdout is None or self.process.poll() is None:
-            return ""
-        return self.process.stdout.read().decode(errors="replace")
-
-    def peak_rss_mib(self) -> float:
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM in /proc status")
-
-
-@contextmanager
-def running(config: Path) -> Iterator[Proxy]:
-    proxy = Proxy(config)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+from tests.support.process import BLUEGREEN, Proxy, config_text, running, sample
 
 
 @pytest.fixture
@@ -208,14 +123,6 @@ async def test_invalid_edit_is_rejected_and_the_last_good_config_kept(
     async with aiohttp.ClientSession() as session:
         metrics = await (await session.get(proxy.admin + "/metrics")).text()
     assert sample(metrics, "bluegreen_config_last_reload_successful") == 1
-
-
-def sample(metrics: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(metrics):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return 0.0
 
 
 async def test_metrics_match_the_traffic_sent(served: tuple[Proxy, Path]) -> None:

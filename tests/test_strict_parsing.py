@@ -18,6 +18,7 @@ from proxy.metrics import TrafficStats
 from proxy.routing import ClientLimits, RoutingTable, Upstream
 from proxy.server import ProxyServer
 from tests.support.net import RunningProxy, raw_exchange
+from tests.support.upstreams import RecordingUpstream
 
 SMUGGLING = [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -43,20 +44,6 @@ SMUGGLING = [
     b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
     b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
 ]
-
-
-class RecordingUpstream:
-    """A raw upstream that keeps every byte it receives and answers each request with 200."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            self.received += data
-            if b"\r\n\r\n" in data:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        writer.close()
 
 
 @pytest.fixture

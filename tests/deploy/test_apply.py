@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 
 from controller.cluster_ops import switch_colour
 from controller.configmap_source import ConfigMapSource
-from controller.kube import ConfigMapRef, load_api_client
+from controller.kube import MERGE_PATCH, ConfigMapRef, load_api_client
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, ShutdownSettings
 from tests.deploy.manifests import (
@@ -36,7 +36,6 @@ from tests.deploy.manifests import (
     run_arguments,
 )
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.kubernetes.test_configmap_source import MERGE_PATCH
 from tests.support.colours import ColourApp
 from tests.support.kube_fixtures import KubeApiServerFactory, started
 from tests.support.kube_process import assert_confined_to_role, proxy_following

@@ -23,22 +23,19 @@ from kubernetes_asyncio import client
 
 import controller.kube
 from controller.configmap_source import ConfigMapSource
-from controller.kube import ConfigMapRef, ConflictError, KubeClient, NotFoundError, load_api_client
+from controller.kube import (
+    MERGE_PATCH,
+    ConfigMapRef,
+    ConflictError,
+    KubeClient,
+    NotFoundError,
+    load_api_client,
+)
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.support.colours import ColourApp
+from tests.support.kube_process import colour_data
 from tests.support.waiting import wait_for, wait_for_async
-
-MERGE_PATCH = "application/merge-patch+json"
-
-
-def colour_data(colours: dict[str, ColourApp], active: str) -> dict[str, str]:
-    return {
-        "active": active,
-        "upstream.blue": colours["blue"].url,
-        "upstream.green": colours["green"].url,
-        "health.interval": "2s",
-    }
 
 
 @dataclass

@@ -11,10 +11,9 @@ from kubernetes_asyncio import client
 
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from controller.process import ConfigMapSpec
-from tests.kubernetes.test_configmap_source import colour_data
 from tests.support.colours import ColourApp
 from tests.support.kube_fixtures import KubeApiServerFactory, started
-from tests.support.kube_process import assert_confined_to_role, proxy_following
+from tests.support.kube_process import assert_confined_to_role, colour_data, proxy_following
 from tests.support.waiting import wait_for, wait_for_async
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "base" / "rbac.yaml"

@@ -8,7 +8,7 @@ does the proxy run with these rights, and does it have nothing beyond them?
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +17,18 @@ from kubernetes_asyncio import client
 
 from controller.kube import ConfigMapRef, ForbiddenError, KubeClient, load_api_client
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess, ShutdownSettings
+from tests.support.colours import ColourApp
 from tests.support.waiting import wait_for
+
+
+def colour_data(colours: Mapping[str, ColourApp], active: str) -> dict[str, str]:
+    """The `data` of a ConfigMap over the two colour apps, probed every 2 s."""
+    return {
+        "active": active,
+        "upstream.blue": colours["blue"].url,
+        "upstream.green": colours["green"].url,
+        "health.interval": "2s",
+    }
 
 
 @asynccontextmanager

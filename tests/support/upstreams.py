@@ -66,3 +66,18 @@ class RawUpstreams:
             await proxy.shutdown(0.5)
         for server in self.servers:
             server.close()
+
+
+class RecordingUpstream:
+    """A raw upstream that keeps every byte it receives and answers each request with 200."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Record what arrives, answering 200 after each blank line, until the peer closes."""
+        while data := await reader.read(65536):
+            self.received += data
+            if b"\r\n\r\n" in data:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
