@@ -29,6 +29,7 @@ from controller.rollback import Policy
 from controller.values import URL, check_colour, split_http_url
 from proxy.routing import (
     ClientLimits,
+    EdgeSettings,
     IPNetwork,
     PoolSettings,
     PreviewPolicy,
@@ -87,6 +88,7 @@ class Config:
     pool: PoolSettings = field(default_factory=PoolSettings)
     limits: ClientLimits = field(default_factory=ClientLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -122,6 +124,7 @@ class Config:
             forwarded_trusted=self.forwarded_trusted,
             limits=self.limits,
             retry=self.retry,
+            edge=self.edge,
         )
 
 

@@ -248,9 +248,11 @@ class ClientConnection(asyncio.Protocol):
             peer=self.peer,
             preview_header=table.preview_header,
             upgrade=upgrade,
-            trust_forwarded_for=bool(table.forwarded_trusted)
-            and table.trusts_forwarded_for(self.peer_ip),
+            trusted_peer=bool(table.forwarded_trusted) and table.trusts_forwarded_for(self.peer_ip),
+            allow_underscores=table.edge.allow_underscores,
         )
+        if request.dropped:
+            server.stats.dropped_request_fields("underscore", request.dropped)
         route = table.choose(request.preview_value, self.peer_ip)
         chunked = request.chunked
         content_length = request.content_length

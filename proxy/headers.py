@@ -50,13 +50,31 @@ class RequestHeadError(ValueError):
         self.headers = headers  # extra response fields, such as Retry-After on a 503
 
 
-# How each request field that needs handling is treated; every other field passes unchanged.
-_HOST, _FORWARDED_FOR, _DROP, _UPGRADE, _CONNECTION, _LENGTH, _TRANSFER = range(7)
+# How each request field is treated: most are _PLAIN and pass unchanged.
+(
+    _PLAIN,
+    _HOST,
+    _FORWARDED_FOR,
+    _DROP,
+    _UPGRADE,
+    _CONNECTION,
+    _LENGTH,
+    _TRANSFER,
+    _FROM_BALANCER,
+    _UNDERSCORED,
+) = range(10)
 _REQUEST_SPECIAL = {
     b"host": _HOST,
     b"x-forwarded-for": _FORWARDED_FOR,
-    b"x-forwarded-proto": _DROP,
-    b"x-forwarded-host": _DROP,
+    # What a load balancer in front says about the client: kept from a trusted one, which set
+    # them, dropped (or, for the first two, set by the proxy) from anyone else, who could forge
+    # them.
+    b"x-forwarded-proto": _FROM_BALANCER,
+    b"x-forwarded-host": _FROM_BALANCER,
+    b"x-forwarded-port": _FROM_BALANCER,
+    b"forwarded": _FROM_BALANCER,
+    b"x-real-ip": _FROM_BALANCER,
+    b"x-client-ip": _FROM_BALANCER,
     b"keep-alive": _DROP,
     b"te": _DROP,
     b"trailer": _DROP,
@@ -65,12 +83,27 @@ _REQUEST_SPECIAL = {
     b"content-length": _LENGTH,
     b"transfer-encoding": _TRANSFER,
 }
+# Every lower-case name seen so far, with its kind: classifying a name (proxy-*, an underscore)
+# costs more than one dict lookup, and a proxy sees the same few dozen names again and again.
+# Bounded, so that random names cannot grow it; past the bound a name is classified each time.
+_request_kinds: dict[bytes, int] = dict(_REQUEST_SPECIAL)
+_KINDS_KEPT = 1024
+# `in` with an int is a memchr; with b"_" CPython first tries the bytes as an int, and the
+# TypeError it builds and clears costs ~2,000 instructions (callgrind).
+_UNDERSCORE = ord("_")
+# Of a trusted balancer's fields, those that say one thing about the request (its scheme, the
+# host and port it came to) and are set again from their last value: the one that balancer set.
+_LAST_VALUE_FIELDS = {
+    b"x-forwarded-proto": b"X-Forwarded-Proto",
+    b"x-forwarded-host": b"X-Forwarded-Host",
+    b"x-forwarded-port": b"X-Forwarded-Port",
+}
 
 
 class UpstreamRequest:
     """The request head to send upstream, and what the proxy learnt from the client's head."""
 
-    __slots__ = ("chunked", "content_length", "head", "host", "preview_value")
+    __slots__ = ("chunked", "content_length", "dropped", "head", "host", "preview_value")
 
     def __init__(
         self,
@@ -79,8 +112,11 @@ class UpstreamRequest:
         preview_value: bytes | None,
         content_length: int | None,
         chunked: bool,
+        *,
+        dropped: int = 0,
     ) -> None:
         self.head = head
+        self.dropped = dropped  # fields removed for an underscore in their name
         self.host = host
         self.preview_value = preview_value
         self.content_length = content_length
@@ -95,17 +131,25 @@ def build_upstream_request(
     peer: bytes | None,
     preview_header: bytes,
     upgrade: bool,
-    trust_forwarded_for: bool = False,
+    trusted_peer: bool = False,
+    allow_underscores: bool = False,
 ) -> UpstreamRequest:
     """Build the request head sent upstream, in one pass over the client's fields.
 
     The head is HTTP/1.1 with keep-alive (the upstream pool reuses connections whatever the
-    client's version). The preview header and hop-by-hop fields are removed, X-Forwarded-For gets
-    the peer appended (the client's own value is kept only with `trust_forwarded_for`, when the
-    peer is a trusted load balancer: anyone else could forge it), X-Forwarded-Proto and
-    X-Forwarded-Host are set. The body's framing is the
-    proxy's own: Content-Length is kept, chunked is declared again. For an upgrade the `Upgrade`
-    field and `Connection: upgrade` are kept, since they are the point of the request.
+    client's version). The preview header and hop-by-hop fields are removed. X-Forwarded-For gets
+    the peer appended. `trusted_peer` says the peer is a trusted load balancer
+    (`forwarded.trustedCIDRs`): then its X-Forwarded-For chain, Forwarded, X-Real-IP and
+    X-Client-IP are kept, and so are its X-Forwarded-Proto, -Host and -Port (the last value of
+    each, the one that balancer added). From anyone else, who could forge them, those are
+    dropped, and X-Forwarded-Proto (`http`) and X-Forwarded-Host (the Host) are set. Unless
+    `allow_underscores`, a field whose name has an underscore is dropped (and counted in
+    `dropped`): several application servers read `_` as `-` (CGI's HTTP_X_FORWARDED_FOR
+    cannot tell them apart), so `X_Forwarded_For` would pass every check here and still be read
+    as X-Forwarded-For behind the proxy; nginx drops them too (`underscores_in_headers`). The body's
+    framing is the proxy's own: Content-Length is kept, chunked is declared again. For an
+    upgrade the `Upgrade` field and `Connection: upgrade` are kept, since they are the point of
+    the request.
 
     Raises RequestHeadError when Host is missing, repeated or empty.
     """
@@ -116,16 +160,20 @@ def build_upstream_request(
     chunked = False
     forwarded_for: list[bytes] = []
     upgrade_value: bytes | None = None
+    from_balancer: list[Header] | None = None
+    dropped = 0
     named: set[bytes] | None = None
     kept: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-    special = _REQUEST_SPECIAL
+    kinds = _request_kinds
     for name, value in headers:
         lower = name.lower()
-        kind = special.get(lower)
+        kind = kinds.get(lower)
         if kind is None:
+            kind = _classify(lower)
+        if kind == _PLAIN:
             if lower == preview_header:
                 preview_value = value
-            elif not lower.startswith(b"proxy-"):
+            else:
                 kept += (name, b": ", value, b"\r\n")
         elif kind == _HOST:
             host_count += 1
@@ -137,7 +185,7 @@ def build_upstream_request(
         elif kind == _TRANSFER:
             chunked = True  # llhttp accepts only a final "chunked", and never with a length
         elif kind == _FORWARDED_FOR:
-            if trust_forwarded_for:
+            if trusted_peer:
                 forwarded_for.append(value)
         elif kind == _UPGRADE:
             upgrade_value = value
@@ -145,6 +193,19 @@ def build_upstream_request(
             tokens = {t.strip() for t in value.lower().split(b",")} - _NOT_FIELD_NAMES
             if tokens:
                 named = tokens if named is None else named | tokens
+        elif kind == _FROM_BALANCER:
+            if trusted_peer:
+                if from_balancer is None:
+                    from_balancer = []
+                from_balancer.append((name, value))
+        elif kind == _UNDERSCORED:
+            if lower == preview_header:
+                preview_value = value
+            elif allow_underscores:
+                kept += (name, b": ", value, b"\r\n")
+            else:
+                dropped += 1
+        # _DROP: hop-by-hop fields and Proxy-*, for the proxy itself; never forwarded.
     if host_count != 1 or host is None:
         problem = "missing Host header" if host_count == 0 else "repeated Host header"
         raise RequestHeadError(f"bad request: {problem}")
@@ -163,19 +224,60 @@ def build_upstream_request(
             peer=peer,
             preview_header=preview_header,
             upgrade=upgrade,
-            trust_forwarded_for=trust_forwarded_for,
+            trusted_peer=trusted_peer,
+            allow_underscores=allow_underscores,
         )
     if peer is not None:
         forwarded_for.append(peer)
     if forwarded_for:
         kept += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
-    kept += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n")
+    if from_balancer is None:
+        kept += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n")
+    else:
+        kept += _balancer_fields(from_balancer, host)
     if upgrade and upgrade_value is not None:
         kept += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
     if chunked:
         kept.append(b"Transfer-Encoding: chunked\r\n")
     kept.append(b"\r\n")
-    return UpstreamRequest(b"".join(kept), host, preview_value, content_length, chunked)
+    return UpstreamRequest(
+        b"".join(kept), host, preview_value, content_length, chunked, dropped=dropped
+    )
+
+
+def _classify(lower: bytes) -> int:
+    """The kind of a field name not seen before (remembered while the cache has room)."""
+    if lower.startswith(b"proxy-"):
+        kind = _DROP  # Proxy-Authorization and the like are for this proxy, not the colour
+    elif _UNDERSCORE in lower:
+        kind = _UNDERSCORED
+    else:
+        kind = _PLAIN
+    if len(_request_kinds) < _KINDS_KEPT:
+        _request_kinds[lower] = kind
+    return kind
+
+
+def _balancer_fields(fields: list[Header], host: bytes) -> list[bytes]:
+    """The pieces of a trusted balancer's client fields, as they go upstream.
+
+    Forwarded, X-Real-IP and X-Client-IP pass as they came. X-Forwarded-Proto, -Host and -Port
+    each go once, with the last value sent (a list names every hop; the last is the balancer's
+    own); Proto and Host fall back to `http` and the request's Host when it sent none.
+    """
+    last = {b"x-forwarded-proto": b"http", b"x-forwarded-host": host}
+    pieces: list[bytes] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _LAST_VALUE_FIELDS:
+            item = value.rsplit(b",", 1)[-1].strip()
+            if item:
+                last[lower] = item
+        else:
+            pieces += (name, b": ", value, b"\r\n")
+    for lower, value in last.items():
+        pieces += (_LAST_VALUE_FIELDS[lower], b": ", value, b"\r\n")
+    return pieces
 
 
 def field_pattern(names: Sequence[bytes]) -> re.Pattern[bytes]:

@@ -73,6 +73,11 @@ class TrafficStats:
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.rejected: dict[int, int] = {}
         self.retries: dict[tuple[str, str], int] = {}
+        self.dropped_fields: dict[str, int] = {}
+
+    def dropped_request_fields(self, reason: str, count: int) -> None:
+        """Count request header fields removed before forwarding; `reason` is a fixed word."""
+        self.dropped_fields[reason] = self.dropped_fields.get(reason, 0) + count
 
     def rejected_request(self, status: int) -> None:
         """Count a request refused before routing (bad framing, no config)."""
@@ -176,6 +181,16 @@ class TrafficCollector(Collector):
         for status, n in sorted(stats.rejected.items()):
             rejected.add_metric((str(status),), n)
         yield rejected
+
+        dropped = CounterMetricFamily(
+            "bluegreen_dropped_request_fields",
+            "Request header fields removed before forwarding, by reason (underscore: a name "
+            "with `_`, see headers.allowUnderscores).",
+            labels=("reason",),
+        )
+        for reason, n in sorted(stats.dropped_fields.items()):
+            dropped.add_metric((reason,), n)
+        yield dropped
 
 
 def traffic_registry(stats: TrafficStats) -> CollectorRegistry:

@@ -122,6 +122,14 @@ DEFAULT_LIMITS = ClientLimits()
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    """What the proxy accepts at its edge beyond strict HTTP/1.1 (each off by default)."""
+
+    # headers.allowUnderscores: pass fields like `X_Forwarded_For` on instead of dropping them.
+    allow_underscores: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often a failed upstream attempt is tried again, and for how long.
 
@@ -148,10 +156,12 @@ class RoutingTable:
     preview: PreviewPolicy = field(default_factory=PreviewPolicy)
     timeouts: ProxyTimeouts = field(default_factory=ProxyTimeouts)
     pool: PoolSettings = field(default_factory=PoolSettings)
-    # Peers (a load balancer in front) whose incoming X-Forwarded-For is kept and appended to.
+    # Peers (a load balancer in front) whose forwarded fields (X-Forwarded-*, Forwarded,
+    # X-Real-IP, X-Client-IP) are kept, and who may send a PROXY protocol header.
     forwarded_trusted: tuple[IPNetwork, ...] = ()
     limits: ClientLimits = field(default_factory=ClientLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)

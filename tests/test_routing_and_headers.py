@@ -84,7 +84,7 @@ def upstream_head(
         peer=b"192.0.2.1",
         preview_header=b"x-bluegreen-preview",
         upgrade=upgrade,
-        trust_forwarded_for=trusted,
+        trusted_peer=trusted,
     )
     return request.head
 
@@ -105,8 +105,55 @@ def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
     assert head == (
         b"GET /p?q=1 HTTP/1.1\r\nHost: shop\r\nAccept: */*\r\n"
         b"X-Forwarded-For: 203.0.113.9, 192.0.2.1\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop\r\n\r\n"
+    )
+
+
+CLIENT_ADDRESS_FIELDS = [
+    (b"Host", b"shop"),
+    (b"X-Forwarded-Proto", b"http, https"),
+    (b"X-Forwarded-Host", b"shop.example"),
+    (b"X-Forwarded-Port", b"8443, 443"),
+    (b"Forwarded", b"for=203.0.113.9;proto=https"),
+    (b"X-Real-IP", b"203.0.113.9"),
+    (b"x-client-ip", b"203.0.113.9"),
+]
+
+
+def test_a_trusted_balancer_keeps_its_forwarded_fields_last_value_first() -> None:
+    head = upstream_head(CLIENT_ADDRESS_FIELDS, trusted=True)
+    assert head == (
+        b"GET /p?q=1 HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 192.0.2.1\r\n"
+        b"Forwarded: for=203.0.113.9;proto=https\r\n"
+        b"X-Real-IP: 203.0.113.9\r\nx-client-ip: 203.0.113.9\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\n"
+        b"X-Forwarded-Port: 443\r\n\r\n"
+    )
+
+
+def test_an_untrusted_peer_gets_its_forwarded_fields_replaced_or_dropped() -> None:
+    head = upstream_head(CLIENT_ADDRESS_FIELDS, trusted=False)
+    assert head == (
+        b"GET /p?q=1 HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 192.0.2.1\r\n"
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: shop\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_fields_with_an_underscore_are_dropped_unless_allowed(allow: bool) -> None:
+    fields = [(b"Host", b"h"), (b"X_Forwarded_For", b"6.6.6.6"), (b"X-Forwarded_Host", b"e")]
+    request = build_upstream_request(
+        b"GET",
+        b"/",
+        fields,
+        peer=None,
+        preview_header=b"p",
+        upgrade=False,
+        allow_underscores=allow,
+    )
+    assert (b"X_Forwarded_For: 6.6.6.6\r\n" in request.head) is allow
+    assert (b"X-Forwarded_Host: e\r\n" in request.head) is allow
+    assert request.dropped == (0 if allow else 2)
 
 
 def test_untrusted_forwarded_for_is_replaced_by_the_peer() -> None:

@@ -60,6 +60,9 @@ async def drive_every_series(bluegreen: Bluegreen) -> str:
                 assert response.headers["X-Bluegreen-Colour"] == "green"
         async with session.get(bluegreen.url + "/hang-up") as response:
             assert response.status == 502
+        # A field name with an underscore: dropped and counted.
+        async with session.get(bluegreen.url + "/", headers={"X_Forged": "1"}) as response:
+            assert response.status == 200
     answer = await raw_exchange(
         bluegreen.port,
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
