@@ -101,6 +101,13 @@ KEYS: tuple[Key, ...] = (
         "edge.allow_underscores",
         "pass request fields with _ in their name on (dropped by default)",
     ),
+    Key(
+        "listen.proxyProtocol",
+        BOOLEAN,
+        "false",
+        "edge.proxy_protocol",
+        "trusted peers (forwarded.trustedCIDRs) send a PROXY protocol v1/v2 header first",
+    ),
     Key("health.path", PATH, "/healthz", "health.path", "probed on every colour"),
     Key("health.interval", DURATION, "2s", "health.interval", "between probes"),
     Key("health.timeout", DURATION, "1s", "health.timeout", "per probe; below health.interval"),

@@ -61,11 +61,12 @@ class ServerSide(ExchangeContext, Protocol):
 class ClientConnection(asyncio.Protocol):
     """One connection from a client (or a load balancer in front of the proxy)."""
 
-    def __init__(self, server: ServerSide) -> None:
+    def __init__(self, server: ServerSide, client_ip: str | None = None) -> None:
+        """`client_ip`, when given, is the peer (from a PROXY protocol header), not the socket's."""
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self.peer_ip: str | None = None
+        self.peer_ip: str | None = client_ip
         self.peer: bytes | None = None  # peer_ip as bytes, for X-Forwarded-For
         self.parser = HttpRequestParser(self)
         self.parser_stale = False
@@ -102,9 +103,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
         self.reading.open(transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and peer:
-            self.peer_ip = str(peer[0])
+        if self.peer_ip is None:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.peer_ip = str(peer[0])
+        if self.peer_ip is not None:
             self.peer = self.peer_ip.encode("ascii")
         self.last_activity = self.loop.time()
         # Past the limit the connection is still read, so that its request gets a 503 with

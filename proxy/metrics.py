@@ -74,6 +74,12 @@ class TrafficStats:
         self.rejected: dict[int, int] = {}
         self.retries: dict[tuple[str, str], int] = {}
         self.dropped_fields: dict[str, int] = {}
+        # Each kind exported at 0 from the start, so that an alert on increase() sees the first.
+        self.proxy_headers_rejected = {"invalid": 0, "timeout": 0, "closed": 0}
+
+    def proxy_header_rejected(self, kind: str) -> None:
+        """Count a connection closed without a valid PROXY protocol header, by a fixed word."""
+        self.proxy_headers_rejected[kind] = self.proxy_headers_rejected.get(kind, 0) + 1
 
     def dropped_request_fields(self, reason: str, count: int) -> None:
         """Count request header fields removed before forwarding; `reason` is a fixed word."""
@@ -191,6 +197,16 @@ class TrafficCollector(Collector):
         for reason, n in sorted(stats.dropped_fields.items()):
             dropped.add_metric((reason,), n)
         yield dropped
+
+        proxy_headers = CounterMetricFamily(
+            "bluegreen_proxy_protocol_rejected_connections",
+            "Connections from trusted peers closed without a valid PROXY protocol header "
+            "(listen.proxyProtocol), by kind: invalid, timeout, closed.",
+            labels=("kind",),
+        )
+        for kind, n in sorted(stats.proxy_headers_rejected.items()):
+            proxy_headers.add_metric((kind,), n)
+        yield proxy_headers
 
 
 def traffic_registry(stats: TrafficStats) -> CollectorRegistry:

@@ -127,6 +127,9 @@ class EdgeSettings:
 
     # headers.allowUnderscores: pass fields like `X_Forwarded_For` on instead of dropping them.
     allow_underscores: bool = False
+    # listen.proxyProtocol: a connection from `forwarded.trustedCIDRs` starts with a PROXY
+    # protocol header naming the client (see proxy/proxy_header_reader.py).
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from proxy.downstream import ClientConnection
 from proxy.exchange import Exchange
 from proxy.metrics import TrafficStats
+from proxy.proxy_header_reader import ProxyHeaderReader
 from proxy.routing import DEFAULT_LIMITS, LIVE, ClientLimits, RoutingTable, Upstream
 from proxy.upstream import UpstreamPool
 
@@ -89,12 +90,24 @@ class ProxyServer:
     async def listen(self, host: str, port: int) -> asyncio.Server:
         """Start accepting on host:port; returns the asyncio server (its sockets give the port)."""
         server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
+            self._accept, host, port, reuse_address=True, backlog=1024
         )
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.settings.sweep_interval, self._sweep)
         return server
+
+    def _accept(self) -> asyncio.Protocol:
+        """The protocol of a new connection: HTTP, or first the PROXY header when it is on."""
+        table = self.table
+        if table is None or not table.edge.proxy_protocol:
+            return ClientConnection(self)
+        return ProxyHeaderReader(
+            lambda client_ip: ClientConnection(self, client_ip),
+            table.trusts_forwarded_for,
+            table.limits.head_timeout,
+            self.stats.proxy_header_rejected,
+        )
 
     def connection_opened(self, conn: ClientConnection) -> bool:
         """Track a client connection for timeouts and the drain; say if it is over the limit."""
