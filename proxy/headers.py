@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Final
 
 Header = tuple[bytes, bytes]
 
@@ -50,19 +51,18 @@ class RequestHeadError(ValueError):
         self.headers = headers  # extra response fields, such as Retry-After on a 503
 
 
-# How each request field is treated: most are _PLAIN and pass unchanged.
-(
-    _PLAIN,
-    _HOST,
-    _FORWARDED_FOR,
-    _DROP,
-    _UPGRADE,
-    _CONNECTION,
-    _LENGTH,
-    _TRANSFER,
-    _FROM_BALANCER,
-    _UNDERSCORED,
-) = range(10)
+# How each request field is treated: most are _PLAIN and pass unchanged. Final, so that the
+# compiled build (mypyc) inlines them instead of looking up a module global per comparison.
+_PLAIN: Final = 0
+_HOST: Final = 1
+_FORWARDED_FOR: Final = 2
+_DROP: Final = 3
+_UPGRADE: Final = 4
+_CONNECTION: Final = 5
+_LENGTH: Final = 6
+_TRANSFER: Final = 7
+_FROM_BALANCER: Final = 8
+_UNDERSCORED: Final = 9
 _REQUEST_SPECIAL = {
     b"host": _HOST,
     b"x-forwarded-for": _FORWARDED_FOR,
@@ -90,7 +90,7 @@ _request_kinds: dict[bytes, int] = dict(_REQUEST_SPECIAL)
 _KINDS_KEPT = 1024
 # `in` with an int is a memchr; with b"_" CPython first tries the bytes as an int, and the
 # TypeError it builds and clears costs ~2,000 instructions (callgrind).
-_UNDERSCORE = ord("_")
+_UNDERSCORE: Final = 0x5F  # ord("_")
 # Of a trusted balancer's fields, those that say one thing about the request (its scheme, the
 # host and port it came to) and are set again from their last value: the one that balancer set.
 _LAST_VALUE_FIELDS = {
