@@ -181,7 +181,9 @@ def build_upstream_request(
             kept += (b"Host: ", value, b"\r\n")
         elif kind == _LENGTH:
             content_length = int(value)  # llhttp already refused bad or repeated values
-            kept += (b"Content-Length: ", value, b"\r\n")
+            # The integer parsed, never the bytes as sent: `010` is 8 to an upstream that
+            # reads octal, which would leave bytes behind on a pooled connection.
+            kept.append(b"Content-Length: %d\r\n" % content_length)
         elif kind == _TRANSFER:
             chunked = True  # llhttp accepts only a final "chunked", and never with a length
         elif kind == _FORWARDED_FOR:

@@ -177,3 +177,19 @@ async def test_a_declined_upgrade_never_smuggles_the_bytes_after_it(
     assert isinstance(request, h11.Request) and request.target == b"/ws"
     assert isinstance(server.next_event(), h11.EndOfMessage)
     assert server.trailing_data == (b"", False)
+
+
+@pytest.mark.parametrize("length", [b"010", b"000000000005", b"05"])
+async def test_content_length_goes_upstream_as_the_integer_parsed(
+    recorded: tuple[RunningProxy, RecordingUpstream], length: bytes
+) -> None:
+    proxy, upstream = recorded
+    size = int(length)
+    raw = await raw_exchange(
+        proxy.port,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: " + length + b"\r\n"
+        b"Connection: close\r\n\r\n" + b"x" * size,
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert b"\r\nContent-Length: %d\r\n" % size in bytes(upstream.received)
+    assert b"Content-Length: " + length + b"\r\n" not in bytes(upstream.received)
