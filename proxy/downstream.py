@@ -229,6 +229,9 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise RequestHeadError("bad request: CONNECT is not supported by a reverse proxy")
+        if self.url[:1] == b"*" and (method != b"OPTIONS" or self.url != b"*"):
+            # RFC 9112 3.2.4: asterisk-form is `OPTIONS *` and nothing else.
+            raise RequestHeadError("bad request: a '*' target is only valid as OPTIONS *")
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
         if len(self.headers) > self.limits.max_header_count:

@@ -193,3 +193,20 @@ async def test_content_length_goes_upstream_as_the_integer_parsed(
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert b"\r\nContent-Length: %d\r\n" % size in bytes(upstream.received)
     assert b"Content-Length: " + length + b"\r\n" not in bytes(upstream.received)
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"GET * HTTP/1.1", b"OPTIONS */test HTTP/1.1", b"POST *x HTTP/1.1"]
+)
+async def test_asterisk_form_is_only_options_star(
+    recorded: tuple[RunningProxy, RecordingUpstream], request_line: bytes
+) -> None:
+    proxy, upstream = recorded
+    raw = await raw_exchange(proxy.port, request_line + b"\r\nHost: a\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n"), raw
+    assert upstream.received == b""
+    raw = await raw_exchange(
+        proxy.port, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert bytes(upstream.received).startswith(b"OPTIONS * HTTP/1.1\r\n")
