@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Benchmark bluegreen against nginx and haproxy, on this machine, in one go.
+"""Benchmark bluegreen against nginx, haproxy, Caddy and the asyncio ceiling, in one go.
 
 Starts a static nginx backend, nginx and haproxy proxies (default and large
-buffers) and bluegreen in front of it, all on 127.0.0.1 with configs in a temp
-directory, then drives each with wrk in interleaved rounds and prints medians
-and medians of per-round ratios.  See benchmarks/README.md.
+buffers), Caddy (a Go proxy, one core), a blind uvloop relay that parses nothing
+(benchmarks/blind_relay.py: the ceiling of any proxy on this event loop) and
+bluegreen in front of it, all on 127.0.0.1 with configs in a temp directory, then
+drives each with wrk in interleaved rounds and prints medians and medians of
+per-round ratios.  See benchmarks/README.md.
 
-Stdlib only: run it with any Python >= 3.11, e.g. ``.venv/bin/python benchmarks/run.py``.
+Stdlib only: run it with any Python >= 3.11, e.g. ``.venv/bin/python benchmarks/run.py``; the
+relay runs under ``--relay-python`` (default .venv/bin/python, which has uvloop).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_BLUEGREEN_CMD = str(REPO / ".venv" / "bin" / "bluegreen")
+DEFAULT_RELAY_PYTHON = str(REPO / ".venv" / "bin" / "python")
+BLIND_RELAY = REPO / "benchmarks" / "blind_relay.py"
 
 SMALL_SIZE = 100
 LARGE_SIZE = 1024 * 1024
@@ -50,15 +55,26 @@ WRK_THREADS = 1
 WRK_CONNECTIONS = 50
 
 # Which targets are measured for which body, in their base order (rotated per round).
-SMALL_TARGETS = ("direct", "nginx", "haproxy", "bluegreen")
-LARGE_TARGETS = ("direct", "nginx", "nginx-bigbuf", "haproxy", "haproxy-bigbuf", "bluegreen")
+SMALL_TARGETS = ("direct", "nginx", "haproxy", "caddy", "relay", "bluegreen")
+LARGE_TARGETS = (
+    "direct",
+    "nginx",
+    "nginx-bigbuf",
+    "haproxy",
+    "haproxy-bigbuf",
+    "caddy",
+    "relay",
+    "bluegreen",
+)
 # The references the ratios are computed against, per body.
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "small": ("nginx", "haproxy"),
-    "large": ("nginx", "haproxy", "nginx-bigbuf", "haproxy-bigbuf"),
+    "small": ("nginx", "haproxy", "caddy", "relay"),
+    "large": ("nginx", "haproxy", "nginx-bigbuf", "haproxy-bigbuf", "relay"),
 }
 
 APT_PACKAGES = ("nginx-light", "haproxy", "wrk")
+# Installed when missing, measured when present: a machine without it still gets the rest.
+OPTIONAL_APT_PACKAGES = {"caddy": "caddy"}
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
@@ -111,7 +127,38 @@ def ensure_tools(allow_install: bool) -> dict[str, str]:
         if p is None:
             raise BenchError(f"{n} still not found after installing")
         paths[n] = p
+    for n, package in OPTIONAL_APT_PACKAGES.items():
+        p = find_tool(n)
+        if p is None and allow_install:
+            info(f"Missing {n}: installing {package} with apt-get")
+            prefix = [] if os.geteuid() == 0 else [shutil.which("sudo") or "sudo"]
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            done = subprocess.run(
+                [*prefix, "apt-get", "install", "-y", package], check=False, env=env
+            )
+            if done.returncode != 0:
+                warn(f"apt-get install {package} failed: measuring without {n}")
+            p = find_tool(n)
+        if p is None:
+            warn(f"{n} not found: its target is not measured")
+        else:
+            paths[n] = p
     return paths
+
+
+def relay_python(python: str) -> str | None:
+    """The interpreter for the blind relay, or None (with a warning) when it lacks uvloop."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import uvloop"], capture_output=True, timeout=30, check=False
+        )
+    except OSError as exc:
+        warn(f"--relay-python {python!r} cannot run ({exc}): the relay is not measured")
+        return None
+    if done.returncode != 0:
+        warn(f"--relay-python {python!r} has no uvloop: the relay is not measured")
+        return None
+    return python
 
 
 def tool_version(argv: Sequence[str]) -> str:
@@ -195,7 +242,9 @@ class Processes:
     def log_path(self, name: str) -> Path:
         return self.tmp / f"{name}.out"
 
-    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.log_path(name).open("wb")
         self.logs.append(log)
         log.write(("$ " + shlex.join(argv) + "\n").encode())
@@ -208,6 +257,7 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.tmp,
+            env=env,
             start_new_session=True,
         )
         self.procs.append((name, proc))
@@ -426,6 +476,24 @@ frontend fe
 
 backend be
     server backend 127.0.0.1:{backend_port}
+"""
+
+
+def caddy_conf(port: int, backend_port: int) -> str:
+    """Caddy as a plain reverse proxy: no admin endpoint, no TLS, keep-alive to the backend."""
+    return f"""{{
+    admin off
+    auto_https off
+}}
+http://127.0.0.1:{port} {{
+    bind 127.0.0.1
+    reverse_proxy 127.0.0.1:{backend_port} {{
+        transport http {{
+            keepalive 300s
+            keepalive_idle_conns 64
+        }}
+    }}
+}}
 """
 
 
@@ -707,13 +775,23 @@ def start_servers(
     tools: dict[str, str],
     pin: Pinning,
     bluegreen_argv: list[str] | None,
+    relay_argv: list[str] | None,
 ) -> tuple[dict[str, Target], dict[str, str]]:
     www = tmp / "www"
     www.mkdir()
     (www / "small").write_bytes(b"s" * (SMALL_SIZE - 1) + b"\n")
     (www / "large").write_bytes(os.urandom(LARGE_SIZE))
 
-    names = ["nginx", "nginx-bigbuf", "haproxy", "haproxy-bigbuf", "bluegreen", "bg-admin"]
+    names = [
+        "nginx",
+        "nginx-bigbuf",
+        "haproxy",
+        "haproxy-bigbuf",
+        "caddy",
+        "relay",
+        "bluegreen",
+        "bg-admin",
+    ]
     ports = dict(zip(["direct", *names], free_ports(len(names) + 1), strict=True))
     nginx = tools["nginx"]
     targets: dict[str, Target] = {}
@@ -753,6 +831,50 @@ def start_servers(
         check_bodies(procs, name, t.proc, t.port)
 
     failures: dict[str, str] = {}
+
+    def add_checked(name: str, proc: subprocess.Popen[bytes], ready_url: str = "") -> None:
+        # A target that not every run needs (bluegreen, caddy, the relay): when it fails its
+        # start-up checks, its output is printed, the rest is measured anyway and the run ends
+        # non-zero.
+        try:
+            if ready_url:
+                wait_http(procs, name, proc, ready_url, 60)
+            check_bodies(procs, name, proc, ports[name])
+        except BenchError as exc:
+            warn(f"{name} failed its start-up checks, measuring without it: {exc}")
+            procs.stop_one(proc)
+            failures[name] = str(exc).splitlines()[0]
+        else:
+            targets[name] = Target(name, ports[name], proc)
+
+    if "caddy" in tools:
+        conf_path = tmp / "Caddyfile"
+        conf_path.write_text(caddy_conf(ports["caddy"], ports["direct"]))
+        home = tmp / "caddy-home"
+        home.mkdir()
+        # One core, as the other proxies get; its state under the temp dir, not in $HOME.
+        env = dict(
+            os.environ,
+            GOMAXPROCS="1",
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / "config"),
+            XDG_DATA_HOME=str(home / "data"),
+        )
+        argv = [tools["caddy"], "run", "--config", str(conf_path), "--adapter", "caddyfile"]
+        proc = procs.start("caddy", pin.wrap(argv, pin.proxy_cpu), env=env)
+        add_checked("caddy", proc)
+
+    if relay_argv is not None:
+        argv = [
+            *relay_argv,
+            str(BLIND_RELAY),
+            "--listen",
+            f"127.0.0.1:{ports['relay']}",
+            "--upstream",
+            f"127.0.0.1:{ports['direct']}",
+        ]
+        add_checked("relay", procs.start("relay", pin.wrap(argv, pin.proxy_cpu)))
+
     if bluegreen_argv is not None:
         conf_path = tmp / "bluegreen.yaml"
         conf_path.write_text(bluegreen_conf(ports["direct"]))
@@ -767,17 +889,7 @@ def start_servers(
             f"127.0.0.1:{ports['bg-admin']}",
         ]
         proc = procs.start("bluegreen", pin.wrap(argv, pin.proxy_cpu))
-        try:
-            readyz = f"http://127.0.0.1:{ports['bg-admin']}/readyz"
-            wait_http(procs, "bluegreen", proc, readyz, 60)
-            check_bodies(procs, "bluegreen", proc, ports["bluegreen"])
-        except BenchError as exc:
-            # Measure the others anyway; the run ends with a non-zero status.
-            warn(f"bluegreen failed its start-up checks, measuring without it: {exc}")
-            procs.stop_one(proc)
-            failures["bluegreen"] = str(exc).splitlines()[0]
-        else:
-            targets["bluegreen"] = Target("bluegreen", ports["bluegreen"], proc)
+        add_checked("bluegreen", proc, f"http://127.0.0.1:{ports['bg-admin']}/readyz")
     return targets, failures
 
 
@@ -797,6 +909,8 @@ def run(args: argparse.Namespace) -> int:
 
     tools = ensure_tools(not args.no_install)
     pin = choose_pinning(args.no_pin)
+    relay = relay_python(args.relay_python)
+    relay_argv = None if relay is None else [relay]
 
     bluegreen_argv: list[str] | None = None
     if args.skip_bluegreen:
@@ -821,9 +935,14 @@ def run(args: argparse.Namespace) -> int:
         "nginx": tool_version([tools["nginx"], "-v"]),
         "haproxy": tool_version([tools["haproxy"], "-v"]),
         "wrk": tool_version([tools["wrk"], "-v"]),
+        "caddy": tool_version([tools["caddy"], "version"]) if "caddy" in tools else None,
+        "relay_python": relay,
         "bluegreen_cmd": shlex.join(bluegreen_argv) if bluegreen_argv else None,
     }
-    info(f"nginx: {env_info['nginx']} | haproxy: {env_info['haproxy']} | wrk: {env_info['wrk']}")
+    info(
+        f"nginx: {env_info['nginx']} | haproxy: {env_info['haproxy']} | wrk: {env_info['wrk']}"
+        f" | caddy: {env_info['caddy'] or 'not measured'}"
+    )
     if pin.enabled:
         info(
             f"Pinning: wrk + backend on CPU {pin.load_cpu}, proxy under test on CPU {pin.proxy_cpu}"
@@ -844,7 +963,7 @@ def run(args: argparse.Namespace) -> int:
     keep: bool = args.keep_tmp
     try:
         with terminate_on_signals():
-            targets, failures = start_servers(procs, tmp, tools, pin, bluegreen_argv)
+            targets, failures = start_servers(procs, tmp, tools, pin, bluegreen_argv, relay_argv)
             keep = keep or bool(failures)
             info(
                 f"Servers up (configs and logs in {tmp}): "
@@ -946,7 +1065,8 @@ def measure(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark bluegreen against nginx and haproxy (see benchmarks/README.md)."
+        description="Benchmark bluegreen against nginx, haproxy, Caddy and a blind uvloop relay "
+        "(see benchmarks/README.md)."
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
@@ -960,7 +1080,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the bluegreen console script, may include arguments "
         f"(default {DEFAULT_BLUEGREEN_CMD})",
     )
-    p.add_argument("--skip-bluegreen", action="store_true", help="measure only nginx and haproxy")
+    p.add_argument(
+        "--skip-bluegreen", action="store_true", help="measure only the reference proxies"
+    )
+    p.add_argument(
+        "--relay-python",
+        default=DEFAULT_RELAY_PYTHON,
+        help=f"a Python with uvloop for the blind relay target (default {DEFAULT_RELAY_PYTHON})",
+    )
     p.add_argument(
         "--json",
         nargs="?",
