@@ -33,6 +33,8 @@ class RelaySide(asyncio.Protocol):
         self.peer: RelaySide | None = None
         # Bytes read before the peer's connection is up (only the client side can have them).
         self.early: list[bytes] = []
+        # This side has read its peer socket's end of stream (a half-close).
+        self.ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; uvloop's transports are asyncio.Transport without subclassing it."""
@@ -57,12 +59,18 @@ class RelaySide(asyncio.Protocol):
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
-        """Pass the half-close on; False closes this side's transport."""
-        if self.peer is not None and self.peer.transport is not None:
-            if self.peer.transport.can_write_eof():
-                self.peer.transport.write_eof()
-            else:
-                self.peer.transport.close()
+        """Pass the half-close on; the pair closes once both directions have ended."""
+        self.ended = True
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            return False
+        if peer.ended:
+            peer.transport.close()
+            return False
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()
+            return True
+        peer.transport.close()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
