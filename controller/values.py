@@ -42,7 +42,9 @@ _URL_HINT = "use http://host[:port], e.g. http://myapp-blue.default.svc:80"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A preview header is removed before forwarding, so it must not be a field the proxy or the
 # upstream needs: connection-level fields (a superset of proxy.headers.HOP_BY_HOP), framing,
-# the fields the proxy writes itself, and credentials that the application must still receive.
+# the fields the proxy writes itself or keeps only from a trusted balancer (X-Real-IP and the like:
+# a preview header of that name would be removed from every request, the balancer's value too),
+# and credentials that the application must still receive. Proxy-* is refused as a prefix.
 _RESERVED_HEADERS = frozenset(
     {
         "connection",
@@ -59,6 +61,9 @@ _RESERVED_HEADERS = frozenset(
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-client-ip",
         "x-bluegreen-colour",
         "authorization",
         "cookie",
