@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
 from controller.history import recorded_reason
 from controller.metrics import ControlMetrics, build_registry
-from controller.rollback import Action, Decision
+from controller.rollback import Action, Decision, RollbackKind
 from controller.source import ConfigSource
 from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
@@ -35,6 +36,8 @@ from proxy.server import ProxyServer, ServerSettings
 __all__ = ["ConfigMapSpec", "Endpoint", "ProxyProcess", "ShutdownSettings"]
 
 log = logging.getLogger(__name__)
+
+_UNHEALTHY: RollbackKind = "unhealthy"
 
 # How often the guard looks at the colour switched to (health and error rate since the switch).
 GUARD_INTERVAL = 0.02  # a check reads a few counters: 50 a second cost nothing
@@ -63,6 +66,24 @@ class ShutdownSettings:
 
     delay: float = 0.0  # time for endpoints to stop sending new connections to this replica
     grace: float = 25.0  # how long in-flight requests may take to finish
+
+
+@dataclass(frozen=True, slots=True)
+class LocalHold:
+    """A colour this replica will not serve live traffic, on its own health checks alone.
+
+    A replica that does not hold the Lease refuses a switch to a colour its probes say is
+    unhealthy, and leaves a colour that turns unhealthy after a switch, at once and by itself;
+    it records nothing (the leader writes the Event, the history and the config). The hold
+    ends when the config stops asking for `colour` (the leader's write-back, or a person's next
+    switch), or when this replica's own checks say `colour` is healthy again; a replica that
+    starts leading while it holds records the decision itself.
+    """
+
+    colour: str  # the colour the config asks for, held back
+    serving: str  # the colour served instead
+    decision: Decision  # the refusal or rollback, as the leader would have decided it
+    event: str  # the Event the leader records for such a decision
 
 
 class ProxyProcess:
@@ -94,6 +115,8 @@ class ProxyProcess:
         self.health = HealthChecker(on_change=self._health_changed)
         self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)
         self.config_applied: Config | None = None
+        self.desired: tuple[Config, str] | None = None  # the source's last valid config
+        self.hold: LocalHold | None = None
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -108,22 +131,85 @@ class ProxyProcess:
     def apply(self, config: Config, version: str) -> None:
         """Swap in the routing table of an accepted config and record what changed.
 
-        A change of `active` is preflighted first: a switch to a colour failing its health
-        checks is refused, and the config is written back to the colour it came from.
+        A change of `active` is preflighted first, on every replica with its own health
+        checks: a switch to a colour failing them is refused, so no replica sends it a live
+        request. Only the replica that decides records the refusal (and writes the config back
+        to the colour it came from); any other holds locally (see `LocalHold`).
         """
+        self.desired = (config, version)
+        self._end_hold_if_resolved(config)
         previous = self.state.table.active if self.state.table is not None else None
-        if previous is not None and config.active != previous and self.decides:
+        if previous is not None and config.active != previous:
             decision = self.guard.before_switch(config.active, policy_of(config))
             if decision.action is Action.REFUSE:
-                self._refuse(config, version, previous, decision)
+                if self.decides:
+                    self._refuse(config, version, previous, decision)
+                else:
+                    self._hold(config, version, previous, decision, "TargetUnhealthy")
                 return
         self._swap(config, version, reason=self._recorded_reason(previous, config.active))
+
+    def _end_hold_if_resolved(self, config: Config) -> None:
+        """End the local hold once the config no longer asks for the held colour.
+
+        When the leader's write-back explains the change (its history entry for this very
+        change), the colour is marked failed here too, as on the leader.
+        """
+        hold = self.hold
+        if hold is None or config.active == hold.colour:
+            return
+        self.hold = None
+        reason = self._recorded_reason(hold.colour, config.active)
+        if reason.startswith(("rollback:", "refused:")):
+            self.guard.mark_failed(hold.colour, reason)
+        log.info("local hold ended colour=%s config_active=%s", hold.colour, config.active)
+
+    def _hold(
+        self, config: Config, version: str, serving: str, decision: Decision, event: str
+    ) -> None:
+        """Serve `serving` instead of `config.active`, without recording (not the leader)."""
+        again = self.hold is not None and self.hold.colour == config.active
+        self.hold = LocalHold(config.active, serving, decision, event)
+        self.guard.mark_failed(config.active, decision.reason)  # on this replica, for now
+        if not again:
+            log.warning(
+                "not serving colour=%s on this replica's health checks reason=%r "
+                "(the leader records the decision)",
+                config.active,
+                decision.reason,
+            )
+            if decision.action is Action.REFUSE:
+                self.state.refused(serving, config.active, decision.reason)
+        self._swap(replace(config, active=serving), version, reason=decision.reason)
+
+    def _resume_if_healthy(self) -> None:
+        """Serve the held colour again once this replica's own checks say it is healthy."""
+        hold, desired = self.hold, self.desired
+        if hold is None or desired is None or self.health.health(hold.colour) is not Health.HEALTHY:
+            return
+        log.info("colour=%s healthy again on this replica's checks: serving it", hold.colour)
+        self.hold = None
+        config, version = desired
+        self._swap(config, version, reason="manual")
+
+    def _record_hold(self) -> None:
+        """Record a local hold made before this replica led, as the leader records decisions."""
+        hold, desired = self.hold, self.desired
+        if hold is None or desired is None:
+            return
+        self.hold = None
+        decision = hold.decision
+        log.warning("now leading: recording colour=%s reason=%r", hold.colour, decision.reason)
+        self.guard.mark_failed(hold.colour, decision.reason)
+        self.metrics.rollbacks.labels(decision.kind).inc()
+        self.source.record_decision(hold.serving, hold.colour, decision, hold.event)
 
     def _recorded_reason(self, previous: str | None, active: str) -> str:
         """Why the active colour changed, as the source's writer recorded it; else manual."""
         return recorded_reason(self.source.recorded_switches(), previous, active, utc_now())
 
     def _swap(self, config: Config, version: str, reason: str) -> None:
+        """Publish the config's routing table; watch the switch it makes if a person made it."""
         table = config.to_routing_table(version)
         assert self.server is not None
         self.server.swap_table(table)
@@ -174,12 +260,55 @@ class ProxyProcess:
     async def _guard_loop(self) -> None:
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
-            config = self.config_applied
-            if config is None or not self.decides:
-                continue
-            decision = self.guard.check(policy_of(config))
-            if decision.action is Action.ROLLBACK:
-                self._roll_back(decision)
+            self.guard_once()
+
+    def guard_once(self) -> None:
+        """Look once at the switch under watch and at a local hold (every GUARD_INTERVAL).
+
+        The deciding replica rolls back on health or error rate and records it. Any other
+        replica leaves a colour its own checks say is unhealthy at once, without recording
+        (the error-rate decision is the leader's: its count is the one that is written), and
+        serves a held colour again when its checks say it is healthy.
+        """
+        config = self.config_applied
+        if config is None:
+            return
+        if self.decides:
+            self._record_hold()
+        else:
+            self._resume_if_healthy()
+        decision = self.guard.check(policy_of(config))
+        if decision.action is not Action.ROLLBACK:
+            return
+        if self.decides:
+            self._roll_back(decision)
+        elif decision.kind == _UNHEALTHY and decision.target is not None:
+            # config.active is the colour under watch: a rollback swaps nothing else first.
+            self._hold(config, self._version(), decision.target, decision, "RolledBack")
+
+    def _version(self) -> str:
+        return self.state.table.version if self.state.table is not None else ""
+
+    def status(self) -> dict[str, Any]:
+        """Return the `/status` JSON: the state's snapshot, with the desired colour and why.
+
+        `active` is the colour served; `desired` is the config's `active`, and
+        `desired_reason` says why it is not served when they differ.
+        """
+        snapshot = self.state.snapshot(self.stats, self.health_of, self.guard.failed)
+        desired = self.desired[0].active if self.desired is not None else None
+        snapshot["desired"] = desired
+        snapshot["desired_reason"] = self._why_not_desired(desired, snapshot["active"])
+        return snapshot
+
+    def _why_not_desired(self, desired: str | None, served: str | None) -> str | None:
+        if desired is None or desired == served:
+            return None
+        hold = self.hold
+        if hold is not None and hold.colour == desired:
+            return f"{hold.decision.reason} (this replica's health checks)"
+        switches = self.state.switches
+        return switches[0].reason if switches else None
 
     def health_of(self, colour: str) -> tuple[str, str | None]:
         """Return a colour's health and the last probe error, for /status."""
@@ -221,7 +350,7 @@ class ProxyProcess:
         admin_runner = web.AppRunner(
             build_admin_app(
                 self.registry,
-                lambda: self.state.snapshot(self.stats, self.health_of, self.guard.failed),
+                self.status,
                 self.state.readiness,
             ),
             access_log=None,

@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
@@ -37,6 +40,7 @@ class Replicas:
     ref: ConfigMapRef
     colours: dict[str, Colour]
     running: list[tuple[ProxyProcess, asyncio.Task[None]]] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> ProxyProcess:
         process = ProxyProcess(
@@ -95,6 +99,8 @@ async def replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
         try:
             yield made
         finally:
+            for chore in made.background:
+                chore.cancel()
             for process, task in made.running:
                 process.stop()
                 with contextlib.suppress(Exception):
@@ -190,3 +196,135 @@ async def test_a_new_leader_takes_over_and_still_rolls_back(replicas: Replicas) 
     replicas.colours["green"].healthy = False
     await wait(lambda: second.state.table is not None and second.state.table.active == "blue", 5)
     await configmap_says(replicas, "blue")
+
+
+async def sample_for(replicas: Replicas, seconds: float, every: float = 0.005) -> Counter[str]:
+    """Send one live request to every replica each `every` seconds; count who answered."""
+    answered: Counter[str] = Counter()
+    ports = [p.proxy_port for p in replicas.processes]
+    async with aiohttp.ClientSession() as session:
+
+        async def one(port: int) -> None:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                await response.read()
+                answered[f"{response.status} {response.headers['X-Bluegreen-Colour']}"] += 1
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = 0
+        while loop.time() - start < seconds:
+            await asyncio.gather(*(one(port) for port in ports))
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick * every - loop.time()))
+    return answered
+
+
+async def unhealthy_everywhere(replicas: Replicas) -> None:
+    await wait(
+        lambda: all(p.health.health("green") is Health.UNHEALTHY for p in replicas.processes), 10
+    )
+
+
+async def test_no_replica_serves_a_refused_colour(replicas: Replicas) -> None:
+    """Three replicas, green failing its checks: from the PATCH to 2 s after, no green at all."""
+    for _ in range(3):
+        await replicas.start()
+    await wait(lambda: replicas.leader() is not None, 10)
+    replicas.colours["green"].healthy = False
+    await unhealthy_everywhere(replicas)
+    sampling = asyncio.create_task(sample_for(replicas, 2.0))
+    await replicas.patch_active("green")
+    answered = await sampling
+    print(f"answers from the PATCH to 2 s after: {dict(answered)}")
+    assert set(answered) == {"200 blue"}, answered
+    assert sum(answered.values()) > 3 * 100  # the sampler kept its pace (~400 rounds)
+    # Between two samples too: no replica ever put green in its routing table.
+    for process in replicas.processes:
+        assert [(r.from_colour, r.to_colour, r.reason) for r in process.state.switches] == [
+            ("blue", "green", "refused: green unhealthy")
+        ]
+    await configmap_says(replicas, "blue")  # the leader, and only it, wrote it back
+    await wait_for_async(lambda: _has_events(replicas, "TargetUnhealthy"), 5)
+    await asyncio.sleep(1)
+    assert len(await replicas.events("TargetUnhealthy")) == 1
+    _, history = await replicas.configmap()
+    assert [h["reason"] for h in history] == ["refused: green unhealthy"]
+    for process in replicas.processes:
+        assert process.hold is None  # the write-back ended every follower's hold
+        assert process.guard.failed["green"] == "refused: green unhealthy"
+        assert process.state.switches[0].reason == "refused: green unhealthy"
+        status = process.status()
+        assert (status["active"], status["desired"], status["desired_reason"]) == (
+            "blue",
+            "blue",
+            None,
+        )
+
+
+async def hold_the_lease_elsewhere(replicas: Replicas) -> None:
+    """Hold the Lease, renewed every 0.3 s, for a holder that is no replica: none of them decides.
+
+    Candidates count the Lease duration from the last change they observed, so it is renewed
+    until the test ends (the task is cancelled with the test's event loop).
+    """
+    leases = client.CoordinationV1Api(replicas.api)
+    name, namespace = f"{replicas.ref.name}-leader", replicas.ref.namespace
+    now = datetime.now(UTC)
+    spec = client.V1LeaseSpec(
+        holder_identity="elsewhere", lease_duration_seconds=3, acquire_time=now, renew_time=now
+    )
+    await leases.create_namespaced_lease(
+        namespace, client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=spec)
+    )
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            await leases.patch_namespaced_lease(
+                name,
+                namespace,
+                {"spec": {"renewTime": datetime.now(UTC).isoformat(timespec="microseconds")}},
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+            )
+
+    renewing = asyncio.create_task(renew())
+    replicas.background.append(renewing)
+
+
+async def test_followers_act_on_their_own_checks_without_a_leader(replicas: Replicas) -> None:
+    """With no replica leading, each still refuses and leaves an unhealthy colour by itself,
+    writes nothing, and serves the config's colour again once its own checks say healthy."""
+    await hold_the_lease_elsewhere(replicas)
+    for _ in range(3):
+        await replicas.start()
+    await asyncio.sleep(1.5)  # more than a retry period: nobody took the Lease
+    assert replicas.leader() is None
+    green = replicas.colours["green"]
+
+    # A refused switch: every replica stays on blue, the ConfigMap keeps saying green.
+    green.healthy = False
+    await unhealthy_everywhere(replicas)
+    sampling = asyncio.create_task(sample_for(replicas, 1.0))
+    await replicas.patch_active("green")
+    assert set(await sampling) == {"200 blue"}
+    for process in replicas.processes:
+        status = process.status()
+        assert (status["active"], status["desired"]) == ("blue", "green")
+        assert status["desired_reason"] == (
+            "refused: green unhealthy (this replica's health checks)"
+        )
+    green.healthy = True  # this replica's checks agree again: serve what the config says
+    await wait(lambda: all(p.status()["active"] == "green" for p in replicas.processes), 5)
+
+    # After the switch, green turns unhealthy: each replica leaves it on its own checks.
+    green.healthy = False
+    took = await wait(lambda: all(p.status()["active"] == "blue" for p in replicas.processes), 5)
+    print(f"every follower left green {took * 1000:.0f} ms after its checks began to fail")
+    assert took < 0.2 * 2 + 0.2 + 0.5  # interval x failureThreshold, one probe's lag, margin
+    for process in replicas.processes:
+        assert process.status()["desired_reason"] == (
+            "rollback: green unhealthy (active health check) (this replica's health checks)"
+        )
+    assert await replicas.configmap() == ("green", [])  # nothing written
+    assert await replicas.events("RolledBack") == []
+    assert await replicas.events("TargetUnhealthy") == []
