@@ -27,6 +27,7 @@ from controller.config_keys import KEYS, KNOWN_KEYS, UPSTREAM_PREFIX, Key
 from controller.health_state import ProbeSettings
 from controller.rollback import Policy
 from controller.values import URL, check_colour, split_http_url
+from proxy.access_log import AccessLogSettings, refused_headers
 from proxy.routing import (
     ClientLimits,
     EdgeSettings,
@@ -36,6 +37,7 @@ from proxy.routing import (
     ProxyTimeouts,
     RetryPolicy,
     RoutingTable,
+    TraceSettings,
     Upstream,
 )
 
@@ -89,6 +91,8 @@ class Config:
     limits: ClientLimits = field(default_factory=ClientLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    tracing: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -125,6 +129,8 @@ class Config:
             limits=self.limits,
             retry=self.retry,
             edge=self.edge,
+            access_log=self.access_log,
+            tracing=self.tracing,
         )
 
 
@@ -201,6 +207,13 @@ def _cross_checks(config: Config, failed: set[str]) -> list[str]:
     ):
         if key not in failed and size < 256:
             problems.append(f"{key}: {size} bytes is too small for any request; use e.g. 8Ki")
+    if not failed & {"accessLog.headers", "preview.header"}:
+        refused = refused_headers(config.access_log.headers, config.preview.header)
+        if refused:
+            problems.append(
+                f"accessLog.headers: {', '.join(refused)} is the preview header (preview.header), "
+                "whose value may be the preview token; it is never logged, remove it"
+            )
     return problems
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from proxy.access_log import FORMATS, SECRET_HEADERS
 from proxy.routing import IPNetwork
 
 _T_co = TypeVar("_T_co", covariant=True)
@@ -286,6 +287,52 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean; use true or false")
 
 
+def parse_optional_duration(text: str) -> float:
+    """Return the seconds of a duration, or 0 for `0` (off)."""
+    if text.strip() == "0":
+        return 0.0
+    return parse_duration(text)
+
+
+def parse_log_format(text: str) -> str:
+    """Return an access log format: off, json or clf (any case)."""
+    word = text.strip().lower()
+    if word not in FORMATS:
+        raise ValueError(f"{text!r} is not an access log format; use one of {', '.join(FORMATS)}")
+    return word
+
+
+def parse_status_floor(text: str) -> int:
+    """Return 0 (no status filter) or an HTTP status code from 100 to 599."""
+    number = text.strip()
+    if not number.isdigit() or not (int(number) == 0 or 100 <= int(number) <= 599):
+        raise ValueError(f"{text!r} is not a status code from 100 to 599 (or 0: any), e.g. 500")
+    return int(number)
+
+
+def parse_header_names(text: str) -> tuple[str, ...]:
+    """Return comma-separated request field names, lower-case, in order; credentials refused.
+
+    Authorization, Proxy-Authorization and Cookie carry credentials and are never logged,
+    whatever the config says (the preview header is checked against `preview.header` by the
+    caller).
+    """
+    names: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item and not text.strip():
+            continue
+        if _TOKEN.fullmatch(item) is None:
+            raise ValueError(
+                f"{item!r} is not a header name; separate names with commas, e.g. X-Tenant"
+            )
+        lower = item.lower()
+        if lower in SECRET_HEADERS:
+            raise ValueError(f"{item} carries credentials and is never logged; remove it")
+        if lower not in names:
+            names.append(lower)
+    return tuple(names)
+
+
 @dataclass(frozen=True, slots=True)
 class ValueKind(Generic[_T_co]):
     """A kind of value: the type name docs/configuration.md uses, and its parser."""
@@ -306,3 +353,7 @@ COUNT = ValueKind("count", parse_count)
 POSITIVE = ValueKind("positive", parse_positive_int)
 FRACTION = ValueKind("fraction", parse_rate)
 BOOLEAN = ValueKind("boolean", parse_bool)
+OPTIONAL_DURATION = ValueKind("duration or 0", parse_optional_duration)
+LOG_FORMAT = ValueKind("log format", parse_log_format)
+STATUS_FLOOR = ValueKind("status or 0", parse_status_floor)
+HEADER_NAMES = ValueKind("header names", parse_header_names)

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from proxy.access_log import PROXY, AccessRecord
 from proxy.exchange import QUEUED, Exchange, ExchangeContext
 from proxy.flow import PEER_BACKED_UP, PIPELINE, ReadGate
-from proxy.headers import RequestHeadError, build_upstream_request, simple_response
+from proxy.headers import (
+    RequestHeadError,
+    UpstreamRequest,
+    build_upstream_request,
+    simple_response,
+)
+from proxy.request_id import REQUEST_ID_HEADER, new_request_id, trace_id_of, valid_request_id
 from proxy.routing import DEFAULT_LIMITS, ClientLimits, RoutingTable
 
 log = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
         # timeout counts from here. Not touched per read, which would cost a clock call.
         self.last_activity = 0.0
         self.head_started: float | None = None
+        self.head_began = 0.0  # when the latest request head started (for its log line if refused)
         self.head_bytes = 0  # bytes read while a head was incomplete
         self.head_size = 0  # bytes of the current head's target and fields, while measured
         self.measure_head = False  # count field sizes: only when a read could pass the limit
@@ -198,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         """Start a new request head."""
         self.url = b""
         self.headers = []
-        self.head_started = self.loop.time()
+        self.head_started = self.head_began = self.loop.time()
         self.head_bytes = 0
         self.body_size = 0
         self.head_size = 0
@@ -256,6 +265,7 @@ class ClientConnection(asyncio.Protocol):
             upgrade=upgrade,
             trusted_peer=bool(table.forwarded_trusted) and table.trusts_forwarded_for(self.peer_ip),
             allow_underscores=table.edge.allow_underscores,
+            start_trace=table.tracing.generate,
         )
         if request.dropped:
             server.stats.dropped_request_fields("underscore", request.dropped)
@@ -272,12 +282,15 @@ class ClientConnection(asyncio.Protocol):
             route,
             request.head,
             method=method,
+            request_id=request.request_id,
             has_body=chunked or bool(content_length),
             body_chunked=chunked,
             is_upgrade=upgrade,
             keep_alive=parser.should_keep_alive() and not upgrade,
             client_http10=parser.get_http_version() == "1.0",
         )
+        if table.logs_access:
+            exchange.access = self._begin_access(table, method, request)
         self.parsing = exchange
         self.body_remaining = content_length
         self.queue.append(exchange)
@@ -382,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is exchange:
             exchange.go_away(reason)
         else:
+            exchange.ended_by_proxy(reason)
             self.abort()
         return True
 
@@ -458,12 +472,82 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[0].phase is QUEUED:
             self.queue[0].start()
 
+    def _begin_access(
+        self, table: RoutingTable, method: bytes, request: UpstreamRequest
+    ) -> AccessRecord:
+        """Start the access log record of a request whose head arrived (the log is on)."""
+        settings = table.access_log
+        wanted = settings.headers
+        user_agent = referer = None
+        forwarded: list[bytes] = []
+        extra: dict[str, bytes] = {}
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"user-agent":
+                user_agent = value
+            elif lower == b"referer":
+                referer = value
+            elif lower == b"x-forwarded-for":
+                forwarded.append(value)
+            if wanted:
+                key = lower.decode("latin-1")
+                if key in wanted and key not in extra:
+                    extra[key] = value
+        traceparent = request.traceparent
+        return AccessRecord(
+            ended=0.0,
+            duration=0.0,
+            started=time.perf_counter(),
+            client=self._logged_client(table, forwarded),
+            method=method,
+            target=self.url,
+            version=self.parser.get_http_version(),
+            status=0,
+            bytes_in=0,
+            bytes_out=0,
+            ttfb=None,
+            colour=None,
+            route=None,
+            upstream=None,
+            retries=0,
+            request_id=request.request_id,
+            user_agent=user_agent,
+            referer=referer,
+            ended_by=PROXY,
+            reason=None,
+            trace_id=trace_id_of(traceparent) if traceparent is not None else None,
+            headers=tuple((name, extra.get(name)) for name in wanted),
+        )
+
+    def _logged_client(self, table: RoutingTable, forwarded: list[bytes]) -> str | None:
+        """The client address for the log: the peer, or from a trusted peer's X-Forwarded-For.
+
+        From a trusted balancer, the chain is read from the right and the first address not in
+        `forwarded.trustedCIDRs` is the client (nginx's `real_ip_recursive`); an untrusted
+        peer's X-Forwarded-For could name anyone, so the peer is the client.
+        """
+        peer = self.peer_ip
+        if not forwarded or not table.trusts_forwarded_for(peer):
+            return peer
+        hops = [hop.strip().decode("latin-1") for hop in b",".join(forwarded).split(b",")]
+        for hop in reversed(hops):
+            if hop and not table.trusts_forwarded_for(hop):
+                return hop
+        return hops[0] or peer
+
     def _reject(
         self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
         """Answer a request the proxy will not forward, then close the connection."""
         self.server.stats.rejected_request(status)
-        log.info("rejected request peer=%s status=%d reason=%r", self.peer_ip, status, message)
+        request_id = self._request_id_of_head()
+        log.info(
+            "rejected request peer=%s status=%d reason=%r request_id=%s",
+            self.peer_ip,
+            status,
+            message,
+            request_id.decode("ascii"),
+        )
         if self.queue and self.queue[0].response_started:
             # Answering now would cut into a response in progress; closing is the safe answer.
             self.abort()
@@ -471,11 +555,74 @@ class ClientConnection(asyncio.Protocol):
         # Requests queued on this connection (a body that turned out malformed, or pipelined
         # behind it) are abandoned: their upstream connections are closed mid-request, so no
         # colour ever sees them complete.
+        rejected = self.parsing  # a request whose body was refused: the exchange logs it
+        if rejected is not None:
+            request_id = rejected.request_id
         while self.queue:
-            self.queue.popleft().cancel(status)
+            self.queue.popleft().cancel(status, message)
         self.parsing = None
-        self.write(simple_response(status, message, extra_headers=headers))
+        table = self.server.table
+        if rejected is None and table is not None and table.logs_access:
+            self._log_rejected_head(table, status, message, request_id)
+        self.write(simple_response(status, message, extra_headers=headers, request_id=request_id))
         self.close()
+
+    def _request_id_of_head(self) -> bytes:
+        """The ID of the request being refused: its exchange's, the client's valid one, or new."""
+        if self.parsing is not None:
+            return self.parsing.request_id
+        sent = [value for name, value in self.headers if name.lower() == REQUEST_ID_HEADER]
+        if len(sent) == 1 and valid_request_id(sent[0]):
+            return sent[0]
+        return new_request_id()
+
+    def _log_rejected_head(
+        self, table: RoutingTable, status: int, message: str, request_id: bytes
+    ) -> None:
+        """Write the access log line of a request refused at its head (no exchange was made)."""
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        try:
+            method: bytes = self.parser.get_method()
+            version: str = self.parser.get_http_version()
+        except HttpParserError:
+            method, version = b"-", "1.1"
+        fields: dict[bytes, bytes] = {}
+        for name, value in self.headers:
+            fields.setdefault(name.lower(), value)
+        duration = self.loop.time() - self.head_began if self.head_began else 0.0
+        record = AccessRecord(
+            ended=time.time(),
+            duration=max(duration, 0.0),
+            client=self.peer_ip,
+            method=method or b"-",
+            target=self.url,
+            version=version or "1.1",
+            status=status,
+            bytes_in=0,
+            bytes_out=0,
+            ttfb=None,
+            colour=None,
+            route=None,
+            upstream=None,
+            retries=0,
+            request_id=request_id,
+            user_agent=fields.get(b"user-agent"),
+            referer=fields.get(b"referer"),
+            ended_by=PROXY,
+            reason=message,
+            headers=_wanted_fields(table, fields),
+        )
+        if table.access_log.keeps(status, record.duration):
+            access_log.log(record)
+
+
+def _wanted_fields(
+    table: RoutingTable, fields: dict[bytes, bytes]
+) -> tuple[tuple[str, bytes | None], ...]:
+    """The configured `accessLog.headers` of a request, as (name, value or None) in order."""
+    return tuple((name, fields.get(name.encode("latin-1"))) for name in table.access_log.headers)
 
 
 def _too_large(what: str, limit: int) -> str:

@@ -11,8 +11,10 @@ import asyncio
 import enum
 import logging
 import os
+import time
 from typing import Final, Protocol
 
+from proxy.access_log import CLIENT, PROXY, UPSTREAM, AccessLog, AccessRecord
 from proxy.flow import PENDING_BODY
 from proxy.framing import (
     METRIC_KIND,
@@ -124,6 +126,11 @@ class ExchangeContext(Protocol):
         """Whether the server is shutting down, so connections are not kept alive."""
         ...
 
+    @property
+    def access_log(self) -> AccessLog | None:
+        """Where finished requests are logged (made when a config first turns the log on)."""
+        ...
+
     def pool_for(self, upstream: Upstream, table: RoutingTable) -> UpstreamPool:
         """The keep-alive pool of an upstream address."""
         ...
@@ -133,7 +140,10 @@ class Exchange:
     """Forwards one request to its colour and the response back to the client."""
 
     __slots__ = (
+        "access",
         "body_chunked",
+        "bytes_in",
+        "bytes_out",
         "client",
         "client_http10",
         "colour_line",
@@ -151,6 +161,7 @@ class Exchange:
         "phase",
         "pool",
         "request_complete",
+        "request_id",
         "response_chunked",
         "retries",
         "route",
@@ -172,6 +183,7 @@ class Exchange:
         head: bytes,
         *,
         method: bytes,
+        request_id: bytes,
         has_body: bool,
         body_chunked: bool,
         is_upgrade: bool,
@@ -187,6 +199,11 @@ class Exchange:
         self.pool: UpstreamPool | None = None
         self.head = head
         self.method = method
+        self.request_id = request_id
+        # The access log's record, begun by the client side when the table logs requests.
+        self.access: AccessRecord | None = None
+        self.bytes_in = 0  # request body (or tunnel) bytes from the client
+        self.bytes_out = 0  # response body (or tunnel) bytes to the client
         self.is_head = method == b"HEAD"
         self.has_body = has_body
         self.body_chunked = body_chunked
@@ -243,6 +260,7 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         """Forward a piece of the request body, framing it again when chunked."""
+        self.bytes_in += len(data)
         parts = chunk(data) if self.body_chunked else [data]
         conn = self.conn
         if conn is not None:
@@ -277,6 +295,7 @@ class Exchange:
             return
         if phase is not TUNNEL and phase is not CLOSING:
             return
+        self.bytes_in += len(data)
         if self.ws_to_upstream is not None:
             self.ws_to_upstream.feed(data)
         conn = self.conn
@@ -296,18 +315,25 @@ class Exchange:
             return transport is None or transport.get_write_buffer_size() == 0
         return self.client.writing_paused
 
-    def cancel(self, status: int) -> None:
+    def cancel(self, status: int, reason: str | None = None, ended_by: str = PROXY) -> None:
         """Abandon the request (the client sent something invalid); count it as `status`."""
         conn = self.conn
         self.conn = None
         if conn is not None:
             conn.close()
-        self._record(status)
+        self._record(status, ended_by, reason)
 
     def client_lost(self) -> None:
-        """The client went away: the upstream connection is mid-message and cannot be reused."""
+        """The client went away: the upstream connection is mid-message and cannot be reused.
+
+        A connection the proxy itself ended (a drain, a shutdown) is the proxy's doing.
+        """
         if self.phase is not FINISHED:
-            self.cancel(self.status if self.phase >= RESPONDING else 499)
+            status = self.status if self.phase >= RESPONDING else 499
+            if self.going_away:
+                self.cancel(status, self.going_away)
+            else:
+                self.cancel(status, None, CLIENT)
 
     # --- response side, driven by the upstream connection -----------------------------------
 
@@ -319,6 +345,7 @@ class Exchange:
             render_response_head(
                 head,
                 colour_line=self.colour_line,
+                request_id=self.request_id,
                 content_length=None,
                 chunked=False,
                 keep_alive=True,
@@ -333,6 +360,9 @@ class Exchange:
         """Write the response head with the proxy's own framing and the colour header."""
         self.status = status
         self.phase = RESPONDING
+        access = self.access
+        if access is not None:
+            access.ttfb = time.perf_counter() - access.started
         length, self.response_chunked, self.keep_alive = response_framing(
             head.content_length,
             no_body=no_body,
@@ -346,6 +376,7 @@ class Exchange:
             render_response_head(
                 head,
                 colour_line=self.colour_line,
+                request_id=self.request_id,
                 content_length=length,
                 chunked=self.response_chunked,
                 keep_alive=self.keep_alive,
@@ -363,6 +394,7 @@ class Exchange:
 
     def response_body(self, data: bytes) -> None:
         """Forward a piece of the response body."""
+        self.bytes_out += len(data)
         if self.response_chunked:
             self.client.writelines(chunk(data))
         else:
@@ -382,6 +414,7 @@ class Exchange:
 
     def tunnel_from_upstream(self, data: bytes) -> None:
         """Forward bytes of an upgraded connection to the client."""
+        self.bytes_out += len(data)
         self.client.write(data)
         tracker = self.ws_to_client
         if tracker is not None:
@@ -389,6 +422,10 @@ class Exchange:
             if self.phase is CLOSING and tracker.at_boundary:
                 # go_away() was waiting for the frame in progress to end.
                 self._send_going_away()
+
+    def ended_by_proxy(self, reason: str) -> None:
+        """Say why the proxy is about to cut this exchange's client (for its access log line)."""
+        self.going_away = reason
 
     def go_away(self, reason: str) -> None:
         """End a tunnel that must not stay open (drain after a switch, or shutdown).
@@ -399,6 +436,7 @@ class Exchange:
         """
         tracker = self.ws_to_client
         if tracker is None:
+            self.going_away = reason
             self.client.abort()
             return
         if self.phase is not TUNNEL:
@@ -445,27 +483,36 @@ class Exchange:
                 # The head went out on the failed connection; a connect failure sent nothing,
                 # and everything read so far is still pending.
                 self.pending = [self.head]
-            log.debug("retrying on a new connection colour=%s after=%s", self.route.colour, kind)
+            log.debug(
+                "retrying on a new connection colour=%s after=%s request_id=%s",
+                self.route.colour,
+                kind,
+                self.request_id.decode("ascii"),
+            )
             assert self.pool is not None
             self.phase = CONNECTING
             self._connect_in_background(self.pool)
             return
         server.stats.upstream_error(self.route.colour, METRIC_KIND[kind])
         log.warning(
-            "upstream failure colour=%s upstream=%s kind=%s detail=%r",
+            "upstream failure colour=%s upstream=%s kind=%s detail=%r request_id=%s",
             self.route.colour,
             self.upstream.url,
             kind,
             message,
+            self.request_id.decode("ascii"),
         )
         if self.phase >= RESPONDING:
-            self._record(self.status)
+            # The client sees a cut response: the upstream ended it, not the proxy.
+            self._record(self.status, UPSTREAM, f"{kind}: {message}")
             self.client.abort()
             return
         status = self.status = failure_status(kind)
         text = f"bluegreen: colour {self.route.colour} ({self.upstream.url}) {message}"
-        self.client.write(simple_response(status, text, colour=self.route.colour))
-        self._record(status)
+        self.client.write(
+            simple_response(status, text, colour=self.route.colour, request_id=self.request_id)
+        )
+        self._record(status, PROXY, f"{kind}: {message}")
         self.client.close()
 
     # --- internals --------------------------------------------------------------------------
@@ -518,9 +565,10 @@ class Exchange:
                 colour=self.route.colour,
                 close=not self.keep_alive,
                 extra_headers=((b"Retry-After", b"1"),),
+                request_id=self.request_id,
             )
         )
-        self._record(503)
+        self._record(503, PROXY, f"overload: {limit} requests in flight (pool.maxInflight)")
         self.client.exchange_finished(self)
 
     def _connect_in_background(self, pool: UpstreamPool) -> None:
@@ -561,9 +609,33 @@ class Exchange:
         if self.pending_size:
             self._release_held()
 
-    def _record(self, status: int) -> None:
+    def _record(self, status: int, ended_by: str = UPSTREAM, reason: str | None = None) -> None:
+        """Count the finished request (once), and hand it to the access log when it is on."""
         if self.phase is FINISHED:
             return
         self.phase = FINISHED
         elapsed = self.server.loop.time() - self.started_at
         self.server.stats.request_finished(self.route.colour, self.route.kind, status, elapsed)
+        if self.access is not None:
+            self._log_access(self.access, status, ended_by, reason)
+
+    def _log_access(
+        self, record: AccessRecord, status: int, ended_by: str, reason: str | None
+    ) -> None:
+        """Complete the access log record begun when the head arrived, and queue it."""
+        access_log = self.server.access_log
+        if access_log is None:
+            return
+        record.ended = time.time()
+        record.duration = time.perf_counter() - record.started
+        record.status = status
+        record.bytes_in = self.bytes_in
+        record.bytes_out = self.bytes_out
+        record.colour = self.route.colour
+        record.route = self.route.kind
+        record.upstream = f"{self.upstream.host}:{self.upstream.port}"
+        record.retries = self.retries
+        record.ended_by = ended_by
+        record.reason = reason
+        if self.table.access_log.keeps(status, record.duration):
+            access_log.log(record)

@@ -22,6 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.access_log import AccessLog
+
 # Latency buckets in seconds: fine below 10 ms where a proxy in front of a healthy Service lives,
 # coarse above, ending at the default read timeout.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -76,6 +78,7 @@ class TrafficStats:
         self.dropped_fields: dict[str, int] = {}
         # Each kind exported at 0 from the start, so that an alert on increase() sees the first.
         self.proxy_headers_rejected = {"invalid": 0, "timeout": 0, "closed": 0}
+        self.access_log: AccessLog | None = None  # the server's, once the log is first on
 
     def proxy_header_rejected(self, kind: str) -> None:
         """Count a connection closed without a valid PROXY protocol header, by a fixed word."""
@@ -207,6 +210,18 @@ class TrafficCollector(Collector):
         for kind, n in sorted(stats.proxy_headers_rejected.items()):
             proxy_headers.add_metric((kind,), n)
         yield proxy_headers
+
+        access_log = stats.access_log
+        yield CounterMetricFamily(
+            "bluegreen_access_log_lines",
+            "Access log lines formatted for stdout (accessLog.format).",
+            value=access_log.written if access_log is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "bluegreen_access_log_dropped",
+            "Access log lines dropped because the buffer was full (stdout slower than requests).",
+            value=access_log.dropped if access_log is not None else 0,
+        )
 
 
 def traffic_registry(stats: TrafficStats) -> CollectorRegistry:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from proxy.access_log import AccessLogSettings
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LIVE = "live"
@@ -133,6 +135,17 @@ class EdgeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceSettings:
+    """W3C trace context: `traceparent` and `tracestate` always pass through as sent.
+
+    With `generate`, a request that comes without a `traceparent` gets one started at the
+    proxy (a new sampled trace), so that the proxy hop appears in the colour's traces.
+    """
+
+    generate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often a failed upstream attempt is tried again, and for how long.
 
@@ -165,9 +178,13 @@ class RoutingTable:
     limits: ClientLimits = field(default_factory=ClientLimits)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
+    tracing: TraceSettings = field(default_factory=TraceSettings)
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)
+    # Whether a finished request is written to the access log: the one check the hot path makes.
+    logs_access: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if self.active not in self.upstreams:
@@ -182,6 +199,7 @@ class RoutingTable:
             self, "preview_route", Route(self.idle, PREVIEW) if self.idle is not None else None
         )
         object.__setattr__(self, "preview_header", self.preview.header_bytes)
+        object.__setattr__(self, "logs_access", self.access_log.enabled)
 
     @property
     def colours(self) -> tuple[str, ...]:

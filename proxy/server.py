@@ -12,6 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from proxy.access_log import AccessLog
 from proxy.downstream import ClientConnection
 from proxy.exchange import Exchange
 from proxy.metrics import TrafficStats
@@ -53,6 +54,8 @@ class ProxyServer:
         self.connections: set[ClientConnection] = set()
         self.tunnels: dict[ClientConnection, Exchange] = {}
         self.draining = False
+        # Made when a config first turns the access log on; kept (and reconfigured) after.
+        self.access_log: AccessLog | None = None
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._drain_timers: set[asyncio.TimerHandle] = set()
@@ -67,6 +70,7 @@ class ProxyServer:
         traffic on a colour that is no longer active get `drain.timeout` to finish, then are
         closed so their clients reconnect to the new colour. Returns the previous table.
         """
+        self._configure_access_log(table)
         previous, self.table = self.table, table
         for pool in self.pools.values():
             pool.settings = table.pool
@@ -74,6 +78,16 @@ class ProxyServer:
             self._schedule_drain(table)
         self._close_unused_pools(table)
         return previous
+
+    def _configure_access_log(self, table: RoutingTable) -> None:
+        """Start the access log when `table` turns it on; pass changed settings to it."""
+        settings = table.access_log
+        access_log = self.access_log
+        if access_log is None:
+            if settings.enabled:
+                self.access_log = self.stats.access_log = AccessLog(self.loop, settings)
+        elif access_log.settings != settings:
+            access_log.configure(settings)
 
     def pool_for(self, upstream: Upstream, table: RoutingTable) -> UpstreamPool:
         """Return the keep-alive pool for an upstream address, creating it on first use."""
@@ -160,6 +174,8 @@ class ProxyServer:
             self._sweeper = None
         for timer in self._drain_timers:
             timer.cancel()
+        if self.access_log is not None:
+            self.access_log.close()
 
     def close_pools(self) -> None:
         """Close every idle upstream connection."""

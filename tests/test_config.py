@@ -154,6 +154,22 @@ def test_defaults_follow_the_product_table() -> None:
         ("pool.maxIdle", "0", "pool.max_idle", 0),
         ("pool.maxIdle", 8, "pool.max_idle", 8),
         ("pool.idleTimeout", "30s", "pool.idle_timeout", 30.0),
+        ("accessLog.format", "JSON", "access_log.format", "json"),
+        ("accessLog.format", "clf", "access_log.format", "clf"),
+        ("accessLog.minStatus", "500", "access_log.min_status", 500),
+        ("accessLog.minStatus", 0, "access_log.min_status", 0),
+        ("accessLog.minDuration", "1s", "access_log.min_duration", 1.0),
+        ("accessLog.minDuration", "0", "access_log.min_duration", 0.0),
+        (
+            "accessLog.headers",
+            "X-Tenant, accept-language",
+            "access_log.headers",
+            ("x-tenant", "accept-language"),
+        ),
+        ("accessLog.headers", "", "access_log.headers", ()),
+        ("accessLog.dropQuery", "true", "access_log.drop_query", True),
+        ("accessLog.bufferSize", "50000", "access_log.buffer_size", 50000),
+        ("tracing.generate", "true", "tracing.generate", True),
     ],
 )
 def test_accepted_values(key: str, value: object, attribute: str, expected: object) -> None:
@@ -361,6 +377,14 @@ def test_config_upstreams_cannot_be_changed_after_parsing() -> None:
         ("Active", "blue", "Active: unknown key; did you mean active?"),
         ("preview.trustedCidrs", "", "did you mean preview.trustedCIDRs?"),
         ("zzz", "1", "zzz: unknown key; known keys: active, upstream.<colour>"),
+        ("accessLog.format", "yaml", "accessLog.format: 'yaml' is not an access log format"),
+        ("accessLog.minStatus", "99", "accessLog.minStatus: '99' is not a status code"),
+        ("accessLog.minDuration", "1", "accessLog.minDuration: '1' has no unit"),
+        ("accessLog.headers", "X-A, Cookie", "accessLog.headers: Cookie carries credentials"),
+        ("accessLog.headers", "authorization", "authorization carries credentials"),
+        ("accessLog.headers", "X A", "accessLog.headers: 'X A' is not a header name"),
+        ("accessLog.headers", "x-bluegreen-preview", "x-bluegreen-preview is the preview header"),
+        ("accessLog.bufferSize", "0", "accessLog.bufferSize: '0' is not a whole number"),
     ],
 )
 def test_rejected_values(key: str, value: object, message: str) -> None:

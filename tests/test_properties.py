@@ -65,10 +65,10 @@ def request_fields(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
 
 
 def expected_fields(
-    fields: list[tuple[bytes, bytes]], trusted: bool, allow_underscores: bool
+    fields: list[tuple[bytes, bytes]], trusted: bool, allow_underscores: bool, request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
     """The reference model: what an RFC 9110 proxy forwards, in order (names with `_` only
-    when allowed)."""
+    when allowed), ending with the request ID the proxy made."""
     named: set[bytes] = set()
     for name, value in fields:
         if name.lower() == b"connection":
@@ -86,6 +86,7 @@ def expected_fields(
     client_xff = [v for n, v in fields if n.lower() == b"x-forwarded-for" and trusted]
     kept.append((b"X-Forwarded-For", b", ".join([*client_xff, b"10.1.2.3"])))
     kept += [(b"X-Forwarded-Proto", b"http"), (b"X-Forwarded-Host", b"app.example")]
+    kept.append((b"X-Request-Id", request_id))
     return kept
 
 
@@ -112,7 +113,9 @@ def test_forwarded_head_is_one_request_with_exactly_the_end_to_end_fields(
     assert isinstance(parser.next_event(), h11.EndOfMessage)  # no body, nothing smuggled
     assert parser.their_state is h11.DONE
     assert parser.trailing_data == (b"", False)  # not a byte after the one request
-    assert list(event.headers.raw_items()) == expected_fields(fields, trusted, allow_underscores)
+    assert list(event.headers.raw_items()) == expected_fields(
+        fields, trusted, allow_underscores, request.request_id
+    )
     has_preview = any(n.lower() == PREVIEW_HEADER for n, _ in fields)
     assert request.preview_value == (b"1" if has_preview else None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
@@ -74,9 +75,13 @@ def test_table_is_immutable() -> None:
         table.upstreams["red"] = UPSTREAMS["blue"]  # type: ignore[index]
 
 
+MADE_ID_LINE = re.compile(rb"X-Request-Id: ([0-9a-f]{24})\r\n\r\n\Z")
+
+
 def upstream_head(
     headers: list[tuple[bytes, bytes]], *, upgrade: bool = False, trusted: bool = True
 ) -> bytes:
+    """The head sent upstream, without its last field: the X-Request-Id made for it."""
     request = build_upstream_request(
         b"GET",
         b"/p?q=1",
@@ -86,7 +91,76 @@ def upstream_head(
         upgrade=upgrade,
         trusted_peer=trusted,
     )
-    return request.head
+    made = MADE_ID_LINE.search(request.head)
+    assert made is not None, request.head
+    assert made.group(1) == request.request_id
+    return request.head[: made.start()] + b"\r\n"
+
+
+def request_with(
+    headers: list[tuple[bytes, bytes]], *, start_trace: bool = False
+) -> tuple[bytes, bytes, bytes | None]:
+    """(head, request ID, traceparent) of a request with these fields after Host."""
+    request = build_upstream_request(
+        b"GET",
+        b"/",
+        [(b"Host", b"h"), *headers],
+        peer=None,
+        preview_header=b"x-bluegreen-preview",
+        upgrade=False,
+        start_trace=start_trace,
+    )
+    return request.head, request.request_id, request.traceparent
+
+
+@pytest.mark.parametrize(
+    "value", [b"4bf92f35-77b3-4da6-a3ce-929d0e0e4736", b"Root=1-67891233-abcdef;Parent=53995c"]
+)
+def test_a_valid_client_request_id_goes_upstream_unchanged(value: bytes) -> None:
+    head, request_id, _ = request_with([(b"x-request-id", value)])
+    assert request_id == value
+    assert head.endswith(b"\r\nX-Request-Id: " + value + b"\r\n\r\n")
+    assert head.count(b"-Id: ") == 1
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [(b"X-Request-Id", b"has space")],
+        [(b"X-Request-Id", b'"quoted"')],
+        [(b"X-Request-Id", b"")],
+        [(b"X-Request-Id", b"x" * 129)],
+        [(b"X-Request-Id", b"a"), (b"X-Request-Id", b"b")],  # which would the colour log?
+    ],
+)
+def test_an_invalid_or_repeated_client_request_id_is_replaced(
+    sent: list[tuple[bytes, bytes]],
+) -> None:
+    head, request_id, _ = request_with(sent)
+    assert re.fullmatch(rb"[0-9a-f]{24}", request_id)
+    assert MADE_ID_LINE.search(head) is not None
+    assert head.count(b"X-Request-Id") == 1
+
+
+def test_each_request_gets_its_own_id() -> None:
+    ids = {request_with([])[1] for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_traceparent_passes_as_sent_and_is_started_only_when_asked() -> None:
+    sent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    for start in (False, True):
+        head, _, traceparent = request_with(
+            [(b"traceparent", sent), (b"tracestate", b"congo=t61rcWkgMzE")], start_trace=start
+        )
+        assert traceparent == sent
+        assert b"\r\ntraceparent: " + sent + b"\r\ntracestate: congo=t61rcWkgMzE\r\n" in head
+    head, _, traceparent = request_with([])
+    assert traceparent is None and b"traceparent" not in head
+    head, _, traceparent = request_with([], start_trace=True)
+    assert traceparent is not None
+    assert re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent)
+    assert b"\r\ntraceparent: " + traceparent + b"\r\n" in head
 
 
 def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
@@ -195,6 +269,7 @@ def test_response_head_states_its_own_framing() -> None:
         b"Connection: X-Hop\r\n"
         b"X-Hop: 1\r\n"
         b"X-Bluegreen-Colour: forged\r\n"
+        b"X-Request-Id: the-colour's-own\r\n"
         b'ETag: "1"\r\n'
         b"Proxy-Authenticate: Basic\r\n"
         b"Keep-Alive: timeout=5\r\n"
@@ -205,6 +280,7 @@ def test_response_head_states_its_own_framing() -> None:
     rendered = render_response_head(
         head,
         colour_line=b"X-Bluegreen-Colour: green\r\n",
+        request_id=b"4bf92f3577b34da6a3ce929d",
         content_length=None,
         chunked=True,
         keep_alive=False,
@@ -213,6 +289,7 @@ def test_response_head_states_its_own_framing() -> None:
     )
     assert rendered == (
         b'HTTP/1.1 200 OK\r\nETag: "1"\r\nX-Hop-Not: kept\r\nX-Bluegreen-Colour: green\r\n'
+        b"X-Request-Id: 4bf92f3577b34da6a3ce929d\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
 
@@ -272,6 +349,7 @@ def test_upgrade_response_keeps_upgrade() -> None:
     rendered = render_response_head(
         head,
         colour_line=b"X-Bluegreen-Colour: blue\r\n",
+        request_id=b"4bf92f3577b34da6a3ce929d",
         content_length=None,
         chunked=False,
         keep_alive=True,
@@ -280,7 +358,8 @@ def test_upgrade_response_keeps_upgrade() -> None:
     )
     assert rendered == (
         b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n"
-        b"X-Bluegreen-Colour: blue\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"X-Bluegreen-Colour: blue\r\nX-Request-Id: 4bf92f3577b34da6a3ce929d\r\n"
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
 
 

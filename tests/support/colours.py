@@ -129,6 +129,10 @@ def colour_application(state: ColourApp) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def missing(request: web.Request) -> web.Response:
+        await remember(request)
+        return web.Response(status=404, text=f"not found on {state.colour}\n")
+
     app = web.Application(client_max_size=1024**3)
     app.router.add_get("/", hello)
     app.router.add_get("/healthz", healthz)
@@ -139,6 +143,7 @@ def colour_application(state: ColourApp) -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/ticks", ticks)
     app.router.add_get("/ws", ws)
+    app.router.add_get("/missing", missing)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
 

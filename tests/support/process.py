@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,9 +30,17 @@ def config_text(colours: dict[str, ColourApp], active: str, extra: str = "") -> 
 class Proxy:
     """A `bluegreen run` subprocess on free loopback ports."""
 
-    def __init__(self, config: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        extra_args: tuple[str, ...] = (),
+        *,
+        stderr: IO[bytes] | int = subprocess.STDOUT,
+    ) -> None:
+        """`stderr` (the process log): merged into stdout unless a file is given for it."""
         self.config = config
         self.extra_args = extra_args
+        self.stderr = stderr
         self.port = free_port()
         self.admin_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +69,7 @@ class Proxy:
                 *self.extra_args,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=self.stderr,
         )
 
     async def wait_ready(self) -> None:
