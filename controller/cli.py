@@ -17,7 +17,15 @@ from typing import Any
 import shtab
 
 from controller.build import BuildInfo
-from controller.cluster_ops import OperationError, read_status, switch_colour
+from controller.cluster_ops import (
+    ADMIN_SERVICE,
+    OperationError,
+    SwitchResult,
+    read_status,
+    switch_colour,
+    wait_configmap_switch,
+    wait_file_switch,
+)
 from controller.config import ConfigError
 from controller.demo import DemoPorts, run_demo
 from controller.file_source import load_config_file, write_active
@@ -119,6 +127,31 @@ def _add_source_arguments(parser: argparse.ArgumentParser, *, context: bool = Tr
     )
     if context:
         parser.add_argument("--context", help="kubeconfig context (default: the current context)")
+
+
+def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every ready replica serves the colour; exit non-zero with the reason "
+        "when the switch is refused, rolled back or not served within --timeout",
+    )
+    parser.add_argument(
+        "--timeout", type=_duration, default="30s", help="how long --wait waits, e.g. 1m"
+    )
+    parser.add_argument(
+        "--admin",
+        action="append",
+        metavar="URL",
+        help="with --wait: a replica's admin URL to read /status from (repeatable; default "
+        "with --configmap: every ready pod behind --admin-service, through the API server)",
+    )
+    parser.add_argument(
+        "--admin-service",
+        default=ADMIN_SERVICE,
+        metavar="NAME",
+        help="with --wait and --configmap: the Service in front of the replicas' admin port",
+    )
 
 
 def _sub(
@@ -224,6 +257,7 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
     )
     switch.add_argument("colour")
     _add_source_arguments(switch)
+    _add_wait_arguments(switch)
     rollback = _sub(
         sub,
         "rollback",
@@ -231,6 +265,7 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
         f"  {prog} rollback --configmap bluegreen",
     )
     _add_source_arguments(rollback)
+    _add_wait_arguments(rollback)
 
     status = _sub(
         sub,
@@ -399,7 +434,38 @@ def _cluster_switch(args: argparse.Namespace, colour: str | None, reason: str) -
             f"switched {result.previous} -> {result.current} in ConfigMap {args.configmap} "
             f"(resourceVersion {result.resource_version})"
         )
-    return EXIT_OK
+    if not args.wait:
+        return EXIT_OK
+    return _waited(args, result)
+
+
+def _waited(args: argparse.Namespace, result: SwitchResult) -> int:
+    """Wait for the replicas after a ConfigMap switch; say the outcome and return the exit code."""
+    admins = [admin_url(admin) for admin in args.admin or ()]
+    try:
+        outcome = run_event_loop(
+            wait_configmap_switch(
+                args.configmap,
+                args.kubeconfig,
+                result,
+                timeout=args.timeout,
+                admins=admins,
+                admin_service=args.admin_service,
+                context=args.context,
+            )
+        )
+    except (KubeconfigError, KubeError, OSError) as error:
+        return _fail(f"cannot wait for the replicas: {error}")
+    return _said(outcome.served, outcome.decided, outcome.message)
+
+
+def _said(served: bool, decided: bool, message: str) -> int:
+    if served:
+        print(message)
+        return EXIT_OK
+    if decided:
+        return _fail(f"not served: {message}", EXIT_DIVERGED)
+    return _fail(message, EXIT_FAILED)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -417,6 +483,13 @@ def cmd_switch(args: argparse.Namespace) -> int:
     """Rewrite `active` in the config file or the ConfigMap."""
     if args.configmap is not None:
         return _cluster_switch(args, args.colour, "manual")
+    if args.wait and not args.admin:
+        return _fail(
+            "switch --wait with --config needs the running proxy: add --admin URL "
+            "(its admin endpoint, e.g. 127.0.0.1:9090)",
+            EXIT_USAGE,
+        )
+    since = datetime.now(UTC).replace(microsecond=0)
     try:
         previous, current = write_active(args.config, args.colour)
     except ConfigError as error:
@@ -427,7 +500,11 @@ def cmd_switch(args: argparse.Namespace) -> int:
         print(f"{current} is already active; nothing changed")
     else:
         print(f"switched {previous} -> {current} in {args.config}")
-    return EXIT_OK
+    if not args.wait:
+        return EXIT_OK
+    admins = [admin_url(admin) for admin in args.admin or ()]
+    outcome = run_event_loop(wait_file_switch(args.config, current, since, admins, args.timeout))
+    return _said(outcome.served, outcome.decided, outcome.message)
 
 
 def admin_url(admin: str) -> str:

@@ -7,14 +7,37 @@ resourceVersion that was read, so a concurrent edit is reported, never overwritt
 from __future__ import annotations
 
 import getpass
+import json
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from controller.config import ConfigError, parse_config
+from controller.file_source import load_config_file
 from controller.history import PREVIOUS_ANNOTATION, read_history, switch_annotations
-from controller.kube import ConfigMapRef, ConflictError, KubeClient, load_api_client
+from controller.kube import (
+    ConfigMapRef,
+    ConflictError,
+    KubeClient,
+    KubeError,
+    NotFoundError,
+    load_api_client,
+    pod_get,
+    ready_pods,
+)
+from controller.switch_wait import (
+    DECISION_PREFIXES,
+    Observed,
+    ReplicaState,
+    WaitResult,
+    decision_since,
+    wait_for_switch,
+)
 
 
 class OperationError(Exception):
@@ -29,6 +52,8 @@ class SwitchResult:
     current: str
     resource_version: str
     changed: bool
+    at: datetime | None = None  # the time in the history entry written (None: nothing written)
+    by: str = ""  # who the history entry names
 
 
 def operator_identity() -> str:
@@ -116,12 +141,13 @@ async def switch_colour(
             raise OperationError(
                 f"switch refused, the result would be invalid:\n{error}"
             ) from error
+        at, by = datetime.now(UTC).replace(microsecond=0), operator_identity()
         try:
             written = await kube.patch(
                 version.resource_version,
                 data={"active": colour},
                 annotations=switch_annotations(
-                    version.annotations, current, colour, reason=reason, by=operator_identity()
+                    version.annotations, current, colour, reason=reason, by=by, at=at
                 ),
             )
         except ConflictError as error:
@@ -130,4 +156,129 @@ async def switch_colour(
                 f"{version.resource_version}); nothing was written. Check `bluegreen status` "
                 "and run the switch again."
             ) from error
-        return SwitchResult(current, colour, written.resource_version, changed=True)
+        return SwitchResult(current, colour, written.resource_version, True, at, by)
+
+
+ADMIN_SERVICE = "bluegreen-admin"
+
+
+async def replicas_at(session: aiohttp.ClientSession, admins: Sequence[str]) -> list[ReplicaState]:
+    """Read `/status` of each admin base URL (a replica each, e.g. through port-forward)."""
+    states = []
+    for admin in admins:
+        url = admin.rstrip("/") + "/status?format=json"
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                response.raise_for_status()
+                document = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise OSError(f"cannot read {url}: {error or type(error).__name__}") from error
+        states.append(ReplicaState.from_status(admin, document))
+    return states
+
+
+async def replicas_behind(api: Any, namespace: str, service: str) -> list[ReplicaState]:
+    """Read `/status` of every ready pod behind the admin Service, through the pod proxy."""
+    try:
+        pods = await ready_pods(api, namespace, service)
+        states = []
+        for pod in pods:
+            document = json.loads(await pod_get(api, namespace, pod, "status"))
+            states.append(ReplicaState.from_status(pod.name, document))
+    except NotFoundError as error:
+        raise OSError(
+            f"no Service {namespace}/{service} to find the replicas by: name the admin Service "
+            "with --admin-service, or give each replica's admin URL with --admin"
+        ) from error
+    except (KubeError, ValueError) as error:
+        raise OSError(str(error)) from error
+    return states
+
+
+async def wait_configmap_switch(
+    ref: ConfigMapRef,
+    kubeconfig: Path | None,
+    result: SwitchResult,
+    *,
+    timeout: float,
+    admins: Sequence[str] = (),
+    admin_service: str = ADMIN_SERVICE,
+    context: str | None = None,
+) -> WaitResult:
+    """Wait until every ready replica serves `result.current`, or a decision says it won't.
+
+    The replicas are the ready pods behind `admin_service` (read through the API server's pod
+    proxy), or the `admins` URLs when given.
+    """
+    colour = result.current
+    own = (
+        {"by": result.by, "to": colour, "at": result.at.isoformat(timespec="seconds")}
+        if result.at is not None
+        else None
+    )
+    async with (
+        await load_api_client(kubeconfig, context) as api,
+        aiohttp.ClientSession() as session,
+    ):
+        kube = KubeClient(api, ref)
+
+        async def observe() -> Observed:
+            try:
+                version = await kube.read()
+            except KubeError as error:
+                raise OSError(str(error)) from error
+            history = read_history(version.annotations)
+            return Observed(version.data.get("active"), decision_since(history, colour, own))
+
+        async def replicas() -> list[ReplicaState]:
+            if admins:
+                return await replicas_at(session, admins)
+            return await replicas_behind(api, ref.namespace, admin_service)
+
+        return await wait_for_switch(colour, observe, replicas, timeout)
+
+
+async def wait_file_switch(
+    path: Path, colour: str, since: datetime, admins: Sequence[str], timeout: float
+) -> WaitResult:
+    """Wait until the proxies at `admins` serve `colour` after a switch written to a file.
+
+    A file keeps no history: a refusal or rollback is read from the first replica's newest
+    switch since `since` (one naming `colour`), and the file's `active` is read again.
+    """
+    async with aiohttp.ClientSession() as session:
+        seen: list[ReplicaState] = []
+        newest: dict[str, Any] | None = None
+
+        async def replicas() -> list[ReplicaState]:
+            return seen
+
+        async def observe() -> Observed:
+            nonlocal seen, newest
+            seen = await replicas_at(session, admins)
+            url = admins[0].rstrip("/") + "/status?format=json"
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                switches = (await response.json()).get("switches") or []
+            newest = switches[0] if switches else None
+            try:
+                active: str | None = load_config_file(path).active
+            except ConfigError:
+                active = None
+            return Observed(active, _file_decision(newest, colour, since))
+
+        return await wait_for_switch(colour, observe, replicas, timeout)
+
+
+def _file_decision(
+    newest: Mapping[str, Any] | None, colour: str, since: datetime
+) -> dict[str, str] | None:
+    if newest is None or colour not in (newest.get("from"), newest.get("to")):
+        return None
+    reason = str(newest.get("reason", ""))
+    try:
+        at = datetime.fromisoformat(str(newest.get("at")))
+    except ValueError:
+        return None
+    if not reason.startswith(DECISION_PREFIXES) or at < since:
+        return None
+    return {"reason": reason, "at": str(newest.get("at"))}

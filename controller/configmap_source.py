@@ -165,33 +165,89 @@ class ConfigMapSource:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    def record_switch(self, previous: str, active: str) -> None:
+        """Record `previous` as the colour to roll back to, unless the switch's writer did.
+
+        `bluegreen switch` writes its own history entry; a `kubectl patch` or a GitOps sync
+        writes none, so the leader adds one (reason `manual`, by `observed by POD`). Guarded by
+        the resourceVersion of the version that made the switch: a decision written on that
+        same version wins, and a conflict is only logged.
+        """
+        based_on = self.applied
+        if based_on is None:
+            return
+        latest = read_history(based_on.annotations)[:1]
+        if latest and (latest[0].get("from"), latest[0].get("to")) == (previous, active):
+            return
+        task = asyncio.create_task(self._record_switch(based_on, previous, active))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _record_switch(self, based_on: ConfigMapVersion, previous: str, active: str) -> None:
+        kube = self._kube
+        if kube is None:
+            return
+        by = self.leadership.identity if self.leadership is not None else "bluegreen"
+        try:
+            await kube.patch(
+                based_on.resource_version,
+                annotations=switch_annotations(
+                    based_on.annotations, previous, active, reason="manual", by=f"observed by {by}"
+                ),
+            )
+        except ConflictError:
+            log.info(
+                "ConfigMap changed since resourceVersion=%s; previous colour not recorded",
+                based_on.resource_version,
+            )
+        except (KubeError, OSError) as error:
+            log.warning("could not record the previous colour: %s", error)
+
     async def _patch_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
         based_on, kube = self.applied, self._kube
         if based_on is None or kube is None:
             return
         by = self.leadership.identity if self.leadership is not None else "bluegreen"
-        try:
-            written = await kube.patch(
-                based_on.resource_version,
-                data={"active": colour},
-                annotations=switch_annotations(
-                    based_on.annotations, failed, colour, reason=decision.reason, by=by
-                ),
-            )
-        except ConflictError:
-            log.warning(
-                "ConfigMap changed since resourceVersion=%s; not writing the %s",
-                based_on.resource_version,
-                event,
-            )
-            return
-        except (KubeError, OSError) as error:
-            log.error("could not write the %s to the ConfigMap: %s", event, error)
+        for attempt in range(2):
+            try:
+                written = await kube.patch(
+                    based_on.resource_version,
+                    data={"active": colour},
+                    annotations=switch_annotations(
+                        based_on.annotations, failed, colour, reason=decision.reason, by=by
+                    ),
+                )
+                break
+            except ConflictError:
+                # Retried once when only annotations changed (the previous colour recorded a
+                # moment ago): the config decided on is still the one in force. A change of
+                # data (a person's edit, another replica's decision) wins.
+                current = await self._read_quietly(kube)
+                if attempt == 0 and current is not None and current.data == based_on.data:
+                    based_on = current
+                    continue
+                log.warning(
+                    "ConfigMap changed since resourceVersion=%s; not writing the %s",
+                    based_on.resource_version,
+                    event,
+                )
+                return
+            except (KubeError, OSError) as error:
+                log.error("could not write the %s to the ConfigMap: %s", event, error)
+                return
+        else:
             return
         try:
             await kube.event(written, event, f"{decision.reason} (by {by})", warning=True)
         except (KubeError, OSError) as error:
             log.warning("could not record Event reason=%s error=%r", event, str(error))
+
+    @staticmethod
+    async def _read_quietly(kube: KubeClient) -> ConfigMapVersion | None:
+        try:
+            return await kube.read()
+        except (KubeError, OSError):
+            return None
 
     async def follow(self) -> None:
         """List and watch forever; never raises for API trouble, only logs and retries."""

@@ -177,6 +177,9 @@ class FileSource:
         except (ConfigError, OSError) as error:
             logger.error("could not write active=%s to %s: %s", colour, self.path, error)
 
+    def record_switch(self, previous: str, active: str) -> None:
+        """Nothing: a file keeps no history (`bluegreen rollback` needs a ConfigMap)."""
+
     async def resign(self) -> None:
         """Nothing to give up: no Lease."""
 

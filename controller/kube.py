@@ -320,3 +320,45 @@ class KubeClient:
         listing = await _json(raw, f"listing Events of {self.ref}")
         items: list[dict[str, Any]] = listing.get("items") or []
         return sorted(items, key=lambda e: str(e.get("metadata", {}).get("creationTimestamp")))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyPod:
+    """A pod behind a Service that is ready (its Endpoints list it as ready), and its port."""
+
+    name: str
+    port: int
+
+
+async def ready_pods(api: client.ApiClient, namespace: str, service: str) -> list[ReadyPod]:
+    """List the ready pods behind a Service, from its Endpoints (NotFoundError: no Service)."""
+    core = client.CoreV1Api(api)
+    try:
+        raw: Any = await core.read_namespaced_endpoints(service, namespace, _preload_content=False)
+    except ApiException as error:
+        raise _translate(error, f"reading Endpoints {namespace}/{service}") from error
+    endpoints = await _json(raw, f"reading Endpoints {namespace}/{service}")
+    pods: list[ReadyPod] = []
+    for subset in endpoints.get("subsets") or []:
+        ports = subset.get("ports") or []
+        if not ports:
+            continue
+        port = int(ports[0].get("port", 0))
+        for address in subset.get("addresses") or []:  # notReadyAddresses are left out
+            target = address.get("targetRef") or {}
+            if target.get("kind") == "Pod" and target.get("name"):
+                pods.append(ReadyPod(str(target["name"]), port))
+    return sorted(pods, key=lambda pod: pod.name)
+
+
+async def pod_get(api: client.ApiClient, namespace: str, pod: ReadyPod, path: str) -> bytes:
+    """GET `path` on a pod's port through the API server's pod proxy (as `kubectl proxy` does)."""
+    core = client.CoreV1Api(api)
+    try:
+        raw: Any = await core.connect_get_namespaced_pod_proxy_with_path(
+            f"{pod.name}:{pod.port}", namespace, path.lstrip("/"), _preload_content=False
+        )
+    except ApiException as error:
+        raise _translate(error, f"reading {path} of pod {namespace}/{pod.name}") from error
+    body: bytes = await raw.read()
+    return body

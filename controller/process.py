@@ -222,6 +222,8 @@ class ProxyProcess:
         if record is not None:
             self.metrics.switches.labels(record.from_colour, record.to_colour).inc()
             self.guard.switched(record.from_colour, record.to_colour, manual=reason == "manual")
+            if reason == "manual" and self.decides:
+                self.source.record_switch(record.from_colour, record.to_colour)
             if reason.startswith(("rollback:", "refused:")):
                 # Followers learn of the leader's decision from the history annotation.
                 self.guard.mark_failed(record.from_colour, reason)

@@ -56,6 +56,15 @@ class ConfigSource(Protocol):
         """
         ...
 
+    def record_switch(self, previous: str, active: str) -> None:
+        """Record that the served colour moved from `previous` to `active` (a person's switch).
+
+        So that `bluegreen rollback` knows where to go back to after any switch, whoever made
+        it (a `kubectl patch` records nothing itself). Only the deciding replica calls it.
+        Never raises.
+        """
+        ...
+
     async def resign(self) -> None:
         """Stop deciding (release the Lease), before the process drains."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from controller.health_state import Health
-from controller.history import HISTORY_ANNOTATION
+from controller.history import HISTORY_ANNOTATION, PREVIOUS_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
@@ -328,3 +329,109 @@ async def test_followers_act_on_their_own_checks_without_a_leader(replicas: Repl
     assert await replicas.configmap() == ("green", [])  # nothing written
     assert await replicas.events("RolledBack") == []
     assert await replicas.events("TargetUnhealthy") == []
+
+
+async def bluegreen(*args: str) -> tuple[int, str, str]:
+    """Run the `bluegreen` CLI as a person would; return its exit status, stdout and stderr."""
+    child = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "controller.cli", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode is not None
+    return child.returncode, out.decode(), err.decode()
+
+
+def target(replicas: Replicas) -> list[str]:
+    return ["--configmap", str(replicas.ref), "--kubeconfig", str(replicas.server.kubeconfig)]
+
+
+def admins(replicas: Replicas) -> list[str]:
+    return [f"--admin=127.0.0.1:{p.admin_port}" for p in replicas.processes]
+
+
+async def test_switch_wait_exits_0_when_served_and_4_with_the_reason_when_refused(
+    replicas: Replicas,
+) -> None:
+    for _ in range(2):
+        await replicas.start()
+    await wait(lambda: replicas.leader() is not None, 10)
+    await healthy_everywhere(replicas)
+    code, out, err = await bluegreen(
+        "switch", "green", *target(replicas), "--wait", *admins(replicas)
+    )
+    assert code == 0, err
+    assert "switched blue -> green" in out
+    assert "green is served by every ready replica (2)" in out
+    assert all(p.status()["active"] == "green" for p in replicas.processes)
+
+    code, out, err = await bluegreen(
+        "switch", "blue", *target(replicas), "--wait", *admins(replicas)
+    )
+    assert code == 0, err
+    replicas.colours["green"].healthy = False
+    await unhealthy_everywhere(replicas)
+    code, out, err = await bluegreen(
+        "switch", "green", *target(replicas), "--wait", "--timeout", "10s", *admins(replicas)
+    )
+    assert code == 4, (out, err)
+    assert "switched blue -> green" in out  # the write happened; users never got green
+    assert "not served: refused: green unhealthy (by " in err
+    assert all(p.status()["active"] == "blue" for p in replicas.processes)
+
+
+async def test_switch_wait_reads_the_replicas_behind_the_admin_service(
+    replicas: Replicas,
+) -> None:
+    """Without --admin, the replicas are the ready pods of the admin Service's Endpoints."""
+    await replicas.start()
+    code, _, err = await bluegreen(
+        "switch", "green", *target(replicas), "--wait", "--timeout", "1s"
+    )
+    assert code == 1
+    assert f"no Service {replicas.ref.namespace}/bluegreen-admin to find the replicas by" in err
+    await client.CoreV1Api(replicas.api).create_namespaced_endpoints(
+        replicas.ref.namespace,
+        client.V1Endpoints(
+            metadata=client.V1ObjectMeta(name="bluegreen-admin"),
+            subsets=[
+                client.V1EndpointSubset(
+                    not_ready_addresses=[
+                        client.V1EndpointAddress(
+                            ip="10.0.0.9",
+                            target_ref=client.V1ObjectReference(kind="Pod", name="starting"),
+                        )
+                    ],
+                    ports=[client.CoreV1EndpointPort(name="admin", port=9090)],
+                )
+            ],
+        ),
+    )
+    code, _, err = await bluegreen("switch", "blue", *target(replicas), "--wait", "--timeout", "1s")
+    assert code == 1
+    assert "blue is not served by every ready replica after 1s: no ready replica was found" in err
+
+
+async def test_rollback_after_a_kubectl_patch_returns_to_the_colour_served_before(
+    replicas: Replicas,
+) -> None:
+    process = await replicas.start()
+    await wait(lambda: process.decides, 10)
+    await healthy_everywhere(replicas)
+    await replicas.patch_active("green")  # kubectl patch: no history, no previous colour
+    deadline = time.monotonic() + 5
+    while (await KubeClient(replicas.api, replicas.ref).read()).annotations.get(
+        PREVIOUS_ANNOTATION
+    ) != "blue":
+        assert time.monotonic() < deadline, "the leader never recorded the previous colour"
+        await asyncio.sleep(0.05)
+    _, history = await replicas.configmap()
+    assert history[0]["from"] == "blue" and history[0]["to"] == "green"
+    assert history[0]["reason"] == "manual"
+    assert history[0]["by"].startswith("observed by ")
+    code, out, err = await bluegreen("rollback", *target(replicas), "--wait", *admins(replicas))
+    assert code == 0, err
+    assert "switched green -> blue" in out
+    assert (await replicas.configmap())[0] == "blue"
+    assert process.status()["active"] == "blue"
