@@ -12,11 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.node import REPO, Cluster, ClusterError
-
-# kubectl 1.20 cannot create the policy/v1 PodDisruptionBudget (Kubernetes >= 1.21, as
-# deploy/README.md says); everything else of the kustomization is applied.
-PDB_ON_1_20 = 'no matches for kind "PodDisruptionBudget" in version "policy/v1"'
+from tests.cluster.example import Example
+from tests.cluster.node import Cluster, ClusterError
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +32,9 @@ def cluster() -> Iterator[Cluster]:
             node.down()
 
 
-def apply_example(cluster: Cluster) -> None:
-    """``kubectl apply -k deploy/examples/myapp``, no overlay; fail on any error but the PDB's."""
-    result = cluster.kubectl_result("apply", "-k", str(REPO / "deploy/examples/myapp"))
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    unexpected = [line for line in errors if PDB_ON_1_20 not in line]
-    assert not unexpected, f"kubectl apply failed: {result.stderr}"
+@pytest.fixture
+def example(cluster: Cluster) -> Example:
+    """deploy/examples/myapp applied and settled on blue, whatever an earlier test changed."""
+    made = Example(cluster)
+    made.reset()
+    return made

@@ -247,18 +247,45 @@ class Cluster:
 
     def api(self, path: str) -> Any:
         """GET `path` from the API server as admin; the decoded JSON, or None on any error."""
+        status, document = self.api_call(path)
+        return document if status == 200 else None
+
+    def api_call(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        body: Any = None,
+        token: str | None = None,
+        content_type: str = "application/merge-patch+json",
+    ) -> tuple[int, Any]:
+        """One API request (as admin unless `token` is given): the status and decoded JSON.
+
+        The status is 0 when the API server could not be reached or answered no JSON.
+        """
+        import ssl  # noqa: PLC0415 - only here: status, waits and tests
+
+        data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             f"https://{NODE_IP}:{API_PORT}{path}",
-            headers={"Authorization": f"Bearer {self.state.admin_token}"},
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {token or self.state.admin_token}",
+                **({"Content-Type": content_type} if data is not None else {}),
+            },
         )
-        import ssl  # noqa: PLC0415 - only here: status and waits
-
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         try:
             with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                return json.loads(response.read())
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                return int(error.code), json.loads(error.read())
+            except ValueError:
+                return int(error.code), None
         except (OSError, ValueError):
-            return None
+            return 0, None
 
     def node_ready(self) -> bool:
         """Whether the node reports Ready."""

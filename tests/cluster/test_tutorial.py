@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections import Counter
 
-from tests.cluster.conftest import apply_example
+from tests.cluster.example import apply_example
 from tests.cluster.node import NODE_PORT, REPO, Cluster, http_get
 
 TUTORIAL_SERVICE = """
@@ -54,16 +54,25 @@ def serves(url: str, expect: str) -> bool:
         return False
 
 
+def mixes(url: str) -> bool:
+    """Whether 40 fresh GETs get both versions (False until kube-proxy opens the NodePort)."""
+    try:
+        return len(versions(url, 40)) == 2
+    except (OSError, AssertionError, IndexError):
+        return False
+
+
 def test_the_tutorial_from_the_plain_service_to_bluegreen(cluster: Cluster) -> None:
     url = f"http://{cluster.node_address}:{NODE_PORT}/"
     kubectl = cluster.kubectl
     # The problem: the tutorial's Deployments behind one plain Service mix both versions.
+    kubectl("delete", "service", "myapp", "--ignore-not-found")  # left by an interrupted run
     apply_example(cluster)
     kubectl("delete", "service", "bluegreen", "--ignore-not-found")
     kubectl("apply", "-f", "-", input_text=TUTORIAL_SERVICE)
     for deployment in ("myapp-v1", "myapp-v2"):
         kubectl("rollout", "status", f"deployment/{deployment}", "--timeout=180s", timeout=200)
-    wait_until("both versions on the plain Service", lambda: len(versions(url, 40)) == 2)
+    wait_until("both versions on the plain Service", lambda: mixes(url))
 
     # bluegreen in its place: delete the tutorial's Service, apply the example.
     kubectl("delete", "service", "myapp")
