@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 import urllib.error
@@ -16,6 +15,7 @@ from typing import Any
 
 import shtab
 
+from controller import log_format
 from controller.build import BuildInfo
 from controller.cluster_ops import (
     ADMIN_SERVICE,
@@ -188,6 +188,12 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="log level (default: INFO for run and demo, WARNING for the other commands)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=log_format.FORMATS,
+        default=log_format.LOGFMT,
+        help="process log lines on stderr: logfmt (default) or json; UTC timestamps",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = _sub(
@@ -303,14 +309,6 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return parser
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -613,7 +611,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "bluegreen") -> int:
     """Entry point of the `bluegreen` console script."""
     args = build_parser(prog).parse_args(argv)
     args.prog = prog
-    _configure_logging(args.log_level or ("INFO" if args.command in SERVING else "WARNING"))
+    log_format.configure(
+        args.log_level or ("INFO" if args.command in SERVING else "WARNING"), args.log_format
+    )
     if hasattr(args, "configmap"):
         problem = _resolve_configmap(args)
         if problem is not None:

@@ -102,6 +102,7 @@ class ProxyProcess:
         self.admin_listen = admin_listen
         self.shutdown_settings = shutdown or ShutdownSettings()
         self.server_settings = server_settings
+        self._last_rejection: str | None = None  # logged once until a config is accepted
         self.stats = TrafficStats()
         self.registry, self.metrics = build_registry(self.stats)
         self.metrics.show_build(BuildInfo.current().labels())
@@ -138,6 +139,7 @@ class ProxyProcess:
         """
         self.desired = (config, version)
         self._end_hold_if_resolved(config)
+        self._last_rejection = None
         previous = self.state.table.active if self.state.table is not None else None
         if previous is not None and config.active != previous:
             decision = self.guard.before_switch(config.active, policy_of(config))
@@ -338,7 +340,13 @@ class ProxyProcess:
         self.metrics.config_reloads.labels("rejected").inc()
         self.metrics.config_last_reload_successful.set(0)
         current = self.state.table.version if self.state.table is not None else None
-        log.error("config rejected, keeping version=%s error=%r", current, str(error))
+        message = str(error)
+        if message == self._last_rejection:
+            # The same config seen again (a re-list, a reconnect): logged once, counted each time.
+            log.debug("config rejected again, keeping version=%s", current)
+            return
+        self._last_rejection = message
+        log.error("config rejected, keeping version=%s error=%r", current, message)
 
     async def run(self) -> None:
         """Load the config, serve until SIGTERM or SIGINT, then shut down gracefully.

@@ -36,8 +36,13 @@ class Proxy:
         extra_args: tuple[str, ...] = (),
         *,
         stderr: IO[bytes] | int = subprocess.STDOUT,
+        global_args: tuple[str, ...] = (),
     ) -> None:
-        """`stderr` (the process log): merged into stdout unless a file is given for it."""
+        """`stderr` (the process log): merged into stdout unless a file is given for it.
+
+        `global_args` go before `run` (`--log-format json`).
+        """
+        self.global_args = global_args
         self.config = config
         self.extra_args = extra_args
         self.stderr = stderr
@@ -57,6 +62,7 @@ class Proxy:
         self.process = subprocess.Popen(
             [
                 *BLUEGREEN,
+                *self.global_args,
                 "run",
                 "--config",
                 str(self.config),
