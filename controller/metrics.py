@@ -27,6 +27,13 @@ class ControlMetrics:
             ("colour",),
             registry=registry,
         )
+        self.desired_colour = Gauge(
+            "bluegreen_desired_colour",
+            "1 for the colour the config asks for (its `active`), 0 for the others; differs "
+            "from bluegreen_active_colour while a refusal or rollback holds.",
+            ("colour",),
+            registry=registry,
+        )
         self.switches = Counter(
             "bluegreen_switches",
             "Changes of the active colour that were applied.",
@@ -88,6 +95,11 @@ class ControlMetrics:
         """Set the active-colour gauge: 1 for `active`, 0 for every other colour."""
         for colour in colours:
             self.active_colour.labels(colour).set(1 if colour == active else 0)
+
+    def show_desired(self, colours: tuple[str, ...], desired: str) -> None:
+        """Set the desired-colour gauge: 1 for `desired`, 0 for every other colour."""
+        for colour in colours:
+            self.desired_colour.labels(colour).set(1 if colour == desired else 0)
 
 
 def build_registry(stats: TrafficStats) -> tuple[CollectorRegistry, ControlMetrics]:

@@ -138,6 +138,7 @@ class ProxyProcess:
         to the colour it came from); any other holds locally (see `LocalHold`).
         """
         self.desired = (config, version)
+        self.metrics.show_desired(tuple(config.upstreams), config.active)
         self._end_hold_if_resolved(config)
         self._last_rejection = None
         previous = self.state.table.active if self.state.table is not None else None

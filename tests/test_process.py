@@ -150,6 +150,8 @@ async def test_metrics_match_the_traffic_sent(served: tuple[Proxy, Path]) -> Non
     assert sample(metrics, "bluegreen_inflight_requests", colour="blue") == 0
     assert sample(metrics, "bluegreen_active_colour", colour="blue") == 1
     assert sample(metrics, "bluegreen_active_colour", colour="green") == 0
+    assert sample(metrics, "bluegreen_desired_colour", colour="blue") == 1
+    assert sample(metrics, "bluegreen_desired_colour", colour="green") == 0
     assert sample(metrics, "bluegreen_config_reloads_total", result="accepted") == 1
     assert sample(metrics, "bluegreen_config_last_reload_success_timestamp_seconds") > 1e9
 

@@ -314,6 +314,11 @@ async def test_followers_act_on_their_own_checks_without_a_leader(replicas: Repl
         assert status["desired_reason"] == (
             "refused: green unhealthy (this replica's health checks)"
         )
+        gauges = {
+            name: process.registry.get_sample_value(name, {"colour": "green"})
+            for name in ("bluegreen_desired_colour", "bluegreen_active_colour")
+        }
+        assert gauges == {"bluegreen_desired_colour": 1, "bluegreen_active_colour": 0}
     green.healthy = True  # this replica's checks agree again: serve what the config says
     await wait(lambda: all(p.status()["active"] == "green" for p in replicas.processes), 5)
 
