@@ -55,7 +55,9 @@ WRK_THREADS = 1
 WRK_CONNECTIONS = 50
 
 # Which targets are measured for which body, in their base order (rotated per round).
-SMALL_TARGETS = ("direct", "nginx", "haproxy", "caddy", "relay", "bluegreen")
+# bluegreen-log is bluegreen with `accessLog.format: json` (its stdout into a file): against
+# bluegreen in the same round, the cost of the access log.
+SMALL_TARGETS = ("direct", "nginx", "haproxy", "caddy", "relay", "bluegreen", "bluegreen-log")
 LARGE_TARGETS = (
     "direct",
     "nginx",
@@ -68,7 +70,7 @@ LARGE_TARGETS = (
 )
 # The references the ratios are computed against, per body.
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "small": ("nginx", "haproxy", "caddy", "relay"),
+    "small": ("nginx", "haproxy", "caddy", "relay", "bluegreen"),
     "large": ("nginx", "haproxy", "nginx-bigbuf", "haproxy-bigbuf", "relay"),
 }
 
@@ -791,6 +793,8 @@ def start_servers(
         "relay",
         "bluegreen",
         "bg-admin",
+        "bluegreen-log",
+        "bg-log-admin",
     ]
     ports = dict(zip(["direct", *names], free_ports(len(names) + 1), strict=True))
     nginx = tools["nginx"]
@@ -875,21 +879,26 @@ def start_servers(
         ]
         add_checked("relay", procs.start("relay", pin.wrap(argv, pin.proxy_cpu)))
 
-    if bluegreen_argv is not None:
-        conf_path = tmp / "bluegreen.yaml"
-        conf_path.write_text(bluegreen_conf(ports["direct"]))
+    for name, admin, extra in (
+        ("bluegreen", "bg-admin", ""),
+        ("bluegreen-log", "bg-log-admin", "accessLog.format: json\n"),
+    ):
+        if bluegreen_argv is None:
+            break
+        conf_path = tmp / f"{name}.yaml"
+        conf_path.write_text(bluegreen_conf(ports["direct"]) + extra)
         argv = [
             *bluegreen_argv,
             "run",
             "--config",
             str(conf_path),
             "--listen",
-            f"127.0.0.1:{ports['bluegreen']}",
+            f"127.0.0.1:{ports[name]}",
             "--admin-listen",
-            f"127.0.0.1:{ports['bg-admin']}",
+            f"127.0.0.1:{ports[admin]}",
         ]
-        proc = procs.start("bluegreen", pin.wrap(argv, pin.proxy_cpu))
-        add_checked("bluegreen", proc, f"http://127.0.0.1:{ports['bg-admin']}/readyz")
+        proc = procs.start(name, pin.wrap(argv, pin.proxy_cpu))
+        add_checked(name, proc, f"http://127.0.0.1:{ports[admin]}/readyz")
     return targets, failures
 
 

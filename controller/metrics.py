@@ -80,6 +80,12 @@ class ControlMetrics:
             ("version", "revision", "python", "compiled"),
             registry=registry,
         )
+        self.leader = Gauge(
+            "bluegreen_leader",
+            "1 while this process makes the switch and rollback decisions: it holds the Lease "
+            "(with a ConfigMap), always 1 from a config file.",
+            registry=registry,
+        )
         # Every label value exists from the start at 0, so that increase() sees the first one.
         for result in ("accepted", "rejected"):
             self.config_reloads.labels(result)

@@ -112,6 +112,7 @@ class ProxyProcess:
             else FileSource(config, self.apply, self.reject)
         )
         self.state = ControlState(source=self.source.label)
+        self.metrics.leader.set_function(lambda: 1.0 if self.decides else 0.0)
         self.server: ProxyServer | None = None
         self.health = HealthChecker(on_change=self._health_changed)
         self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)

@@ -108,7 +108,6 @@ class AccessRecord:
         "request_id",
         "retries",
         "route",
-        "started",
         "status",
         "target",
         "trace_id",
@@ -142,7 +141,6 @@ class AccessRecord:
         reason: str | None,
         trace_id: bytes | None = None,
         headers: tuple[tuple[str, bytes | None], ...] = (),
-        started: float = 0.0,
     ) -> None:
         self.ended = ended  # wall-clock time.time() when the response ended
         self.duration = duration  # seconds, from the monotonic clock
@@ -165,8 +163,6 @@ class AccessRecord:
         self.reason = reason
         self.trace_id = trace_id
         self.headers = headers
-        # time.perf_counter() when the head arrived, while the request runs (not written).
-        self.started = started
 
 
 # --- formatting ---------------------------------------------------------------------------------

@@ -497,7 +497,6 @@ class ClientConnection(asyncio.Protocol):
         return AccessRecord(
             ended=0.0,
             duration=0.0,
-            started=time.perf_counter(),
             client=self._logged_client(table, forwarded),
             method=method,
             target=self.url,

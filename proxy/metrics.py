@@ -9,9 +9,9 @@ The control plane's metrics (switches, reloads, rollbacks) are in controller/met
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import (
@@ -26,7 +26,7 @@ from proxy.access_log import AccessLog
 
 # Latency buckets in seconds: fine below 10 ms where a proxy in front of a healthy Service lives,
 # coarse above, ending at the default read timeout.
-DURATION_BUCKETS: tuple[float, ...] = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.0005,
     0.001,
     0.0025,
@@ -56,10 +56,35 @@ class DurationHistogram:
     count: int = 0
 
     def observe(self, seconds: float) -> None:
-        """Record one duration."""
-        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        """Record one duration in the first bucket whose bound is at least `seconds`.
+
+        A loop over the bounds rather than `bisect_left`: compiled, it compares native floats
+        and stops after a bucket or two for a fast request, where bisect boxes the float and
+        calls into C for each comparison (~1,400 instructions per observation, callgrind).
+        """
+        index = 0
+        for bound in DURATION_BUCKETS:
+            if seconds <= bound:
+                break
+            index += 1
+        self.buckets[index] += 1
         self.total += seconds
         self.count += 1
+
+
+@dataclass(slots=True)
+class RouteTraffic:
+    """What one colour and route carried: durations, times to first byte, body bytes."""
+
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
+    ttfb: DurationHistogram = field(default_factory=DurationHistogram)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+# Open client connections, their limit (0: none), and per colour (open, idle) upstream
+# connections: read from the server only when Prometheus scrapes.
+ConnectionCounts = tuple[int, int, dict[str, tuple[int, int]]]
 
 
 class TrafficStats:
@@ -70,7 +95,7 @@ class TrafficStats:
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}
-        self.durations: dict[tuple[str, str], DurationHistogram] = {}
+        self.routes: dict[tuple[str, str], RouteTraffic] = {}
         self.inflight: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.rejected: dict[int, int] = {}
@@ -79,6 +104,7 @@ class TrafficStats:
         # Each kind exported at 0 from the start, so that an alert on increase() sees the first.
         self.proxy_headers_rejected = {"invalid": 0, "timeout": 0, "closed": 0}
         self.access_log: AccessLog | None = None  # the server's, once the log is first on
+        self.connections: Callable[[], ConnectionCounts] | None = None  # set by the server
 
     def proxy_header_rejected(self, kind: str) -> None:
         """Count a connection closed without a valid PROXY protocol header, by a fixed word."""
@@ -96,15 +122,35 @@ class TrafficStats:
         """Count a request as in flight to `colour`."""
         self.inflight[colour] = self.inflight.get(colour, 0) + 1
 
-    def request_finished(self, colour: str, route: str, status: int, seconds: float) -> None:
-        """Count a finished request: its status class and its duration."""
+    def request_finished(
+        self,
+        colour: str,
+        route: str,
+        status: int,
+        seconds: float,
+        *,
+        ttfb: float = -1.0,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+    ) -> None:
+        """Count a finished request: status class, duration, time to first byte, body bytes.
+
+        `ttfb` is negative when no response head came from the colour (the proxy answered).
+        An upgraded connection (101) is not in the duration histogram: it lasts as long as
+        the WebSocket, which says nothing about the colour's latency.
+        """
         self.inflight[colour] -= 1
         key = (colour, route, STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx")
         self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.durations.get((colour, route))
-        if histogram is None:
-            histogram = self.durations[(colour, route)] = DurationHistogram()
-        histogram.observe(seconds)
+        traffic = self.routes.get((colour, route))
+        if traffic is None:
+            traffic = self.routes[(colour, route)] = RouteTraffic()
+        if status != 101:
+            traffic.durations.observe(seconds)
+        if ttfb >= 0:
+            traffic.ttfb.observe(ttfb)
+        traffic.bytes_in += bytes_in
+        traffic.bytes_out += bytes_out
 
     def upstream_error(self, colour: str, kind: str) -> None:
         """Count one failure to reach or read a colour; `kind` is a short fixed word."""
@@ -141,19 +187,38 @@ class TrafficCollector(Collector):
             requests.add_metric((colour, route, code), n)
         yield requests
 
+        routes = sorted(stats.routes.items())
         durations = HistogramMetricFamily(
             "bluegreen_request_duration_seconds",
-            "Time from a complete request head to the end of the response.",
+            "Time from a complete request head to the end of the response (not upgrades).",
             labels=("colour", "route"),
         )
-        for (colour, route), hist in sorted(stats.durations.items()):
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, n in zip((*DURATION_BUCKETS, float("inf")), hist.buckets, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            durations.add_metric((colour, route), buckets, hist.total)
+        ttfb = HistogramMetricFamily(
+            "bluegreen_upstream_ttfb_seconds",
+            "Time from a complete request head to the colour's response head.",
+            labels=("colour", "route"),
+        )
+        for (colour, route), traffic in routes:
+            durations.add_metric((colour, route), *_cumulative(traffic.durations))
+            ttfb.add_metric((colour, route), *_cumulative(traffic.ttfb))
         yield durations
+        yield ttfb
+        request_bytes = CounterMetricFamily(
+            "bluegreen_request_bytes",
+            "Request body bytes (tunnel bytes for an upgrade) received from clients.",
+            labels=("colour", "route"),
+        )
+        response_bytes = CounterMetricFamily(
+            "bluegreen_response_bytes",
+            "Response body bytes (tunnel bytes for an upgrade) sent to clients.",
+            labels=("colour", "route"),
+        )
+        for (colour, route), traffic in routes:
+            request_bytes.add_metric((colour, route), traffic.bytes_in)
+            response_bytes.add_metric((colour, route), traffic.bytes_out)
+        yield request_bytes
+        yield response_bytes
+        yield from _connection_families(stats)
 
         inflight = GaugeMetricFamily(
             "bluegreen_inflight_requests",
@@ -222,6 +287,38 @@ class TrafficCollector(Collector):
             "Access log lines dropped because the buffer was full (stdout slower than requests).",
             value=access_log.dropped if access_log is not None else 0,
         )
+
+
+def _cumulative(histogram: DurationHistogram) -> tuple[list[tuple[str, float]], float]:
+    """A histogram's buckets as Prometheus wants them (cumulative, `+Inf` last), and its sum."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, n in zip((*DURATION_BUCKETS, float("inf")), histogram.buckets, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets, histogram.total
+
+
+def _connection_families(stats: TrafficStats) -> Iterator[Metric]:
+    """Client connections against their limit, and each colour's upstream connections."""
+    client, limit, upstream = stats.connections() if stats.connections else (0, 0, {})
+    yield GaugeMetricFamily(
+        "bluegreen_client_connections", "Client connections open now.", value=client
+    )
+    yield GaugeMetricFamily(
+        "bluegreen_client_connections_limit",
+        "The most client connections served at once (limits.connections; 0: no limit).",
+        value=limit,
+    )
+    pools = GaugeMetricFamily(
+        "bluegreen_upstream_connections",
+        "Connections to a colour open now, by state: active (serving a request) or idle.",
+        labels=("colour", "state"),
+    )
+    for colour, (open_, idle) in sorted(upstream.items()):
+        pools.add_metric((colour, "active"), max(open_ - idle, 0))
+        pools.add_metric((colour, "idle"), idle)
+    yield pools
 
 
 def traffic_registry(stats: TrafficStats) -> CollectorRegistry:

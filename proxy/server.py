@@ -60,6 +60,7 @@ class ProxyServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._drain_timers: set[asyncio.TimerHandle] = set()
         self._all_closed = asyncio.Event()
+        stats.connections = self.connection_counts
 
     # --- the routing table ------------------------------------------------------------------
 
@@ -140,6 +141,16 @@ class ProxyServer:
     def tunnel_opened(self, conn: ClientConnection, exchange: Exchange) -> None:
         """Remember an upgraded connection so a switch can drain it."""
         self.tunnels[conn] = exchange
+
+    def connection_counts(self) -> tuple[int, int, dict[str, tuple[int, int]]]:
+        """Client connections, their limit, and (open, idle) upstream connections per colour."""
+        upstream: dict[str, tuple[int, int]] = {}
+        table = self.table
+        if table is not None:
+            for colour, address in table.upstreams.items():
+                pool = self.pools.get((address.host, address.port))
+                upstream[colour] = (pool.open, len(pool.idle)) if pool is not None else (0, 0)
+        return len(self.connections), self.limits.max_connections, upstream
 
     @property
     def ports(self) -> list[int]:

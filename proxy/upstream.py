@@ -136,9 +136,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=512 * 1024, low=128 * 1024)
         self.reading.open(transport)
+        self.pool.open += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the exchange in progress, or leave the pool quietly if idle."""
+        self.pool.open -= 1
         self.closed = True
         self.reading.close()
         self._cancel_timer()
@@ -424,6 +426,7 @@ class UpstreamPool:
         self.settings = settings
         self.idle: list[UpstreamConnection] = []
         self.opened = 0
+        self.open = 0  # connections made and not yet lost
         self.sweeper: asyncio.TimerHandle | None = None
 
     def take_idle(self) -> UpstreamConnection | None:

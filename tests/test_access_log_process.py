@@ -230,10 +230,24 @@ async def test_every_kind_of_request_has_its_line(
     assert refused["reason"] == "bad request: repeated Host header"
     assert (refused["colour"], refused["route"], refused["user_agent"]) == (None, None, "raw")
 
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(proxy.admin + "/metrics") as response,
-    ):
-        metrics = await response.text()
-    assert sample(metrics, "bluegreen_access_log_lines_total") >= 7
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/") as response:  # stays open: keep-alive
+            await response.read()
+        async with aiohttp.ClientSession() as admin, admin.get(proxy.admin + "/metrics") as scrape:
+            metrics = await scrape.text()
+    assert sample(metrics, "bluegreen_access_log_lines_total") >= 8
     assert sample(metrics, "bluegreen_access_log_dropped_total") == 0
+    # The same requests in the traffic metrics: bytes, time to first byte, the WebSocket (101)
+    # counted but not in the duration histogram, connections, and the one deciding process.
+    blue_live = {"colour": "blue", "route": "live"}
+    assert sample(metrics, "bluegreen_request_bytes_total", colour="green", route="preview") == 5
+    assert sample(metrics, "bluegreen_response_bytes_total", **blue_live) >= (
+        live["bytes_out"] + missing["bytes_out"] + stream["bytes_out"] + websocket["bytes_out"]
+    )
+    assert sample(metrics, "bluegreen_upstream_ttfb_seconds_count", **blue_live) == 5
+    assert sample(metrics, "bluegreen_request_duration_seconds_count", **blue_live) == 4
+    assert 0 < sample(metrics, "bluegreen_upstream_ttfb_seconds_sum", **blue_live) < 5
+    assert sample(metrics, "bluegreen_client_connections_limit") == 10000
+    assert sample(metrics, "bluegreen_client_connections") == 1  # the keep-alive one above
+    assert sample(metrics, "bluegreen_upstream_connections", colour="blue", state="idle") >= 1
+    assert sample(metrics, "bluegreen_leader") == 1
