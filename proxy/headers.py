@@ -408,24 +408,34 @@ _RESPONSE_SPECIAL = field_pattern(
 )
 
 
+class ResponseHeadError(ValueError):
+    """A response head that llhttp accepted but the proxy will not relay (the client gets 502)."""
+
+
 class ResponseHead:
     """A response head as received, split into what the proxy passes on and what it decides."""
 
     __slots__ = ("chunked", "content_length", "fields", "length_line", "status_line", "upgrade")
 
-    def __init__(self, block: bytes) -> None:
+    def __init__(self, block: bytes, status: int = 0) -> None:
         """Split a raw head block (status line through the blank line), as llhttp accepted it.
 
         llhttp has already refused anything ambiguous (obs-fold, bare CR or LF, a repeated or
         malformed Content-Length, Content-Length with Transfer-Encoding, space before a colon),
         so the block is a status line and clean `name: value CRLF` lines. The Content-Length
         line stays in `fields` (the usual case forwards it unchanged); `render_response_head`
-        removes it when the proxy frames the body otherwise.
+        removes it when the proxy frames the body otherwise. `status` is the code llhttp parsed
+        (0: read it from the line).
+
+        Raises ResponseHeadError for a transfer coding other than chunked, which the proxy
+        would otherwise relabel without decoding.
         """
         line_end = block.index(b"\r\n")
         status_line = block[:line_end]
         if not status_line.startswith(b"HTTP/1.1 "):
-            status_line = b"HTTP/1.1" + status_line[8:]  # the proxy speaks HTTP/1.1 to clients
+            # The proxy speaks HTTP/1.1 to clients: the line is built again from the parsed
+            # code (an HTTP/1.0 or ICE/1.1 upstream), never sliced at a fixed offset.
+            status_line = _status_line(status_line, status)
         self.status_line = status_line
         self.content_length: int | None = None
         self.length_line = b""
@@ -445,7 +455,15 @@ class ResponseHead:
                 continue
             value = section[match.end() - 2 : end - 2].strip(b" \t")
             if name == b"transfer-encoding":
-                self.chunked = value.lower().endswith(b"chunked")
+                # Parsed as a list of tokens: only `chunked`, once, is relayed. `gzip` or
+                # `chunked, gzip` would reach the client relabelled and undecoded, and a suffix
+                # test would read `xchunked` (close-delimited to llhttp) as chunked.
+                if self.chunked or value.lower() != b"chunked":
+                    shown = value.decode("latin-1")
+                    raise ResponseHeadError(
+                        f"Transfer-Encoding {shown!r}: only chunked, once, is implemented"
+                    )
+                self.chunked = True
             elif name == b"upgrade":
                 self.upgrade = value
             elif name == b"connection":
@@ -457,6 +475,20 @@ class ResponseHead:
             # Fields that Connection names are hop-by-hop too (RFC 9110 7.6.1).
             cut += find_fields(lowered, field_pattern(sorted(named)))
         self.fields = cut_lines(section, cut)
+
+
+def _status_line(raw: bytes, status: int) -> bytes:
+    """The HTTP/1.1 status line for a raw one of another version: the code and reason kept."""
+    parts = raw.split(b" ", 2)
+    if not status:
+        status = int(parts[1])
+    reason = parts[2] if len(parts) == 3 else b""
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+    return b"HTTP/1.1 %d %s" % (status, reason)
 
 
 def render_response_head(

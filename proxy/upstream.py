@@ -21,7 +21,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from proxy.flow import PEER_BACKED_UP, ReadGate
 from proxy.framing import FailureKind
-from proxy.headers import ResponseHead
+from proxy.headers import ResponseHead, ResponseHeadError
 from proxy.routing import PoolSettings
 
 log = logging.getLogger(__name__)
@@ -222,9 +222,19 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         except HttpParserError as error:
             self.reusable = False
-            exchange.upstream_failed(
-                "protocol", f"invalid response: {_reason(error)}", response_seen=self.head_done
-            )
+            if self.message_done:
+                # Bytes after a complete response: a body on a 204 or 304, data after
+                # `Connection: close`, a second response. The response goes to the client
+                # whole, the rest is dropped, and the pool closes the connection (HAProxy).
+                log.info("upstream sent bytes after a complete response; connection not reused")
+                self._finish()
+                return
+            cause = error.__context__
+            if isinstance(cause, ResponseHeadError):
+                message = f"invalid response: {cause}"
+            else:
+                message = f"invalid response: {_reason(error)}"
+            exchange.upstream_failed("protocol", message, response_seen=self.head_done)
             self.close()
             return
         if self.message_done:
@@ -237,7 +247,9 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        """Start a new response head."""
+        """Start a new response head (a second response to one request is an error)."""
+        if self.message_done:
+            raise ResponseHeadError("a second response to one request")
         self.head_done = False
         self.remaining = None
         self.chunked = False
@@ -247,10 +259,18 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         status = self.parser.get_status_code()
-        self.head_done = True
+        if status == 101 and not exchange.is_upgrade:
+            # Switching protocols on a request that asked for none: relayed, the connection
+            # would go on as HTTP on one side and as something else on the other (HAProxy: 502).
+            raise ResponseHeadError("101 Switching Protocols to a request that asked for none")
+        buf = self.head_buf
+        start = self.head_start
+        if buf[start] != 0x48:  # not "H": empty lines before the status line, which llhttp skips
+            start = _after_empty_lines(buf, start)
         # llhttp accepted the head, so it ends at the first blank line after its start.
-        end = self.head_buf.find(b"\r\n\r\n", self.head_start) + 4
-        head = ResponseHead(self.head_buf[self.head_start : end])
+        end = buf.find(b"\r\n\r\n", start) + 4
+        head = ResponseHead(buf[start:end], status)
+        self.head_done = True
         self.head_start = end
         if 100 <= status < 200 and status != 101:
             # 100 Continue and 103 Early Hints: forwarded, then the real response follows.
@@ -408,6 +428,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
         else:
             self._arm_timer(timeout - idle_for)
+
+
+def _after_empty_lines(buf: bytes, start: int) -> int:
+    """Skip the CR and LF bytes an upstream sent before a status line (after a 100, often)."""
+    while start < len(buf) and buf[start] in (0x0D, 0x0A):
+        start += 1
+    return start
 
 
 def _reason(error: Exception) -> str:

@@ -10,6 +10,7 @@ import pytest
 from proxy.headers import (
     RequestHeadError,
     ResponseHead,
+    ResponseHeadError,
     build_upstream_request,
     render_response_head,
 )
@@ -307,7 +308,7 @@ def test_response_head_states_its_own_framing() -> None:
             False,
         ),
         (
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX: y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nX: y\r\n\r\n",
             b"HTTP/1.1 200 OK",
             b"X: y\r\n",
             None,
@@ -339,6 +340,30 @@ def test_response_head_split(
         length,
         chunked,
     )
+
+
+@pytest.mark.parametrize(
+    "coding", [b"gzip, chunked", b"chunked, gzip", b"gzip", b"xchunked", b"chunked, chunked"]
+)
+def test_response_head_refuses_codings_other_than_chunked(coding: bytes) -> None:
+    with pytest.raises(ResponseHeadError, match="only chunked, once, is implemented"):
+        ResponseHead(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "built"),
+    [
+        (b"HTTP/1.0 404 Not Found", 404, b"HTTP/1.1 404 Not Found"),
+        (b"ICE/1.1 200 OK", 200, b"HTTP/1.1 200 OK"),
+        (b"HTTP/1.0 200 ", 200, b"HTTP/1.1 200 OK"),
+        (b"HTTP/1.0 299", 299, b"HTTP/1.1 299 "),
+        (b"HTTP/1.0 201 Made It", 0, b"HTTP/1.1 201 Made It"),
+    ],
+)
+def test_response_status_line_is_built_from_the_code(
+    line: bytes, status: int, built: bytes
+) -> None:
+    assert ResponseHead(line + b"\r\n\r\n", status).status_line == built
 
 
 def test_upgrade_response_keeps_upgrade() -> None:
