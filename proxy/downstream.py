@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # Beyond this many queued pipelined requests, stop reading until the first ones are answered.
 MAX_PIPELINED = 16
+# How a request line ends when the protocol is one the proxy speaks. llhttp also accepts RTSP/,
+# ICE/ and the versions 0.9 and 2.0, which must not be relabelled HTTP/1.1 and forwarded.
+_HTTP11: Final = b" HTTP/1.1"
+_HTTP10: Final = b" HTTP/1.0"
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 
@@ -99,6 +103,14 @@ class ClientConnection(asyncio.Protocol):
         self.head_began = 0.0  # when the latest request head started (for its log line if refused)
         self.head_bytes = 0  # bytes read while a head was incomplete
         self.head_size = 0  # bytes of the current head's target and fields, while measured
+        # Where the request line is read from, for its protocol (see _protocol_is_http10): the
+        # read being parsed; whether it starts at a message boundary; the read the current
+        # request starts at the head of (None: pipelined behind another); the earlier reads
+        # of a head that took several.
+        self.feeding = b""
+        self.at_boundary = False
+        self.line_from: bytes | None = None
+        self.partial: list[bytes] | None = None
         self.measure_head = False  # count field sizes: only when a read could pass the limit
         self.body_size = 0  # bytes of the current request's body so far
         self.limits = server.limits  # snapshot per request head: the table may change
@@ -173,6 +185,8 @@ class ClientConnection(asyncio.Protocol):
             self._start_measuring_head()
         elif self.measure_head:
             self.measure_head = False
+        self.feeding = data
+        self.at_boundary = self.head_started is None and self.parsing is None
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -187,9 +201,14 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._reject(400, f"bad request: {str(error).strip() or type(error).__name__}")
             return
+        self.feeding = b""
         if self.head_started is not None:
             # A head still incomplete after this read: llhttp sets no size limit of its own.
             self.head_bytes += len(data)
+            if self.partial is None:
+                self.partial = [data]
+            else:
+                self.partial.append(data)
             if self.head_bytes > self.limits.max_head_size:
                 self._reject(431, _too_large("request head", self.limits.max_head_size))
                 return
@@ -211,6 +230,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.body_size = 0
         self.head_size = 0
+        self.line_from = self.feeding if self.at_boundary else None
+        self.at_boundary = False
+        if self.partial is not None:
+            self.partial = None
         table = self.server.table
         self.limits = table.limits if table is not None else DEFAULT_LIMITS
 
@@ -241,6 +264,20 @@ class ClientConnection(asyncio.Protocol):
         if self.url[:1] == b"*" and (method != b"OPTIONS" or self.url != b"*"):
             # RFC 9112 3.2.4: asterisk-form is `OPTIONS *` and nothing else.
             raise RequestHeadError("bad request: a '*' target is only valid as OPTIONS *")
+        # The protocol from the request line itself: llhttp reports RTSP/1.1 as version 1.1.
+        line_from = self.line_from
+        protocol = b""
+        if line_from is not None:
+            self.line_from = None
+            end = line_from.find(b"\r\n")
+            if end >= 9:
+                protocol = line_from[end - 9 : end]
+        if protocol == _HTTP11:
+            http10 = False
+        elif protocol == _HTTP10:
+            http10 = True
+        else:
+            http10 = self._protocol_is_http10(method)
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
         if len(self.headers) > self.limits.max_header_count:
@@ -269,6 +306,9 @@ class ClientConnection(asyncio.Protocol):
         )
         if request.dropped:
             server.stats.dropped_request_fields("underscore", request.dropped)
+        if http10 and request.chunked:
+            # RFC 9112 6.1: faulty framing, whatever Connection says; for a request, 400 (6.3).
+            raise RequestHeadError("bad request: Transfer-Encoding in an HTTP/1.0 request")
         route = table.choose(request.preview_value, self.peer_ip)
         chunked = request.chunked
         content_length = request.content_length
@@ -285,9 +325,9 @@ class ClientConnection(asyncio.Protocol):
             request_id=request.request_id,
             has_body=chunked or bool(content_length),
             body_chunked=chunked,
-            is_upgrade=upgrade,
+            is_upgrade=request.upgrade,
             keep_alive=parser.should_keep_alive() and not upgrade,
-            client_http10=parser.get_http_version() == "1.0",
+            client_http10=http10,
         )
         if table.logs_access:
             exchange.access = self._begin_access(table, method, request)
@@ -460,13 +500,39 @@ class ClientConnection(asyncio.Protocol):
     def _upgrade_requested(self, early_bytes: bytes) -> None:
         """Keep an upgrade request's exchange aside until the upstream answers it."""
         exchange = self.queue[-1] if self.queue else None
-        if exchange is None or not exchange.is_upgrade:
+        if exchange is None:
             self._reject(400, "bad request: unexpected upgrade")
             return
+        # Held like any upgrade until the upstream answers, also when nothing was left to ask
+        # for (h2c dropped): the bytes after it were sent for another protocol.
         self.upgrade_pending = exchange
         self.parsing = None
         if early_bytes:
             exchange.tunnel_from_client(early_bytes)
+
+    def _protocol_is_http10(self, method: bytes) -> bool:
+        """The protocol of a request line the common check could not see: True for HTTP/1.0.
+
+        That check reads it from the read the request starts at the head of. A request
+        pipelined behind another, or whose request line took several reads, is looked for in
+        those reads instead: any line `METHOD SP target SP` there not followed by `HTTP/` (an
+        earlier body that holds such a line too) is refused as well, erring on the strict side.
+        Raises RequestHeadError with 505 for anything but HTTP/1.0 and HTTP/1.1.
+        """
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise RequestHeadError(f"HTTP/{version} is not supported; use HTTP/1.1", 505)
+        window = b"".join([*(self.partial or ()), self.feeding])
+        needle = method + b" " + self.url + b" "
+        position = window.find(needle)
+        if position < 0:
+            raise RequestHeadError("bad request: request line not found", 400)
+        while position >= 0:
+            after = position + len(needle)
+            if window[after : after + 5] != b"HTTP/":
+                raise RequestHeadError("only HTTP/1.0 and HTTP/1.1 are supported", 505)
+            position = window.find(needle, after)
+        return version == "1.0"
 
     def _start_first(self) -> None:
         if self.queue and self.queue[0].phase is QUEUED:

@@ -408,7 +408,9 @@ class Exchange:
         if self.response_chunked:
             self.client.write(LAST_CHUNK)
         self.conn = None
-        if not self.request_complete:
+        if not self.request_complete or (self.has_body and (self.is_head or self.method == b"GET")):
+            # A GET or HEAD with a body is forwarded (as nginx does), but an upstream that
+            # ignores such a body would read it as the next request: never reused.
             conn.reusable = False
         assert self.pool is not None
         self.pool.release(conn)

@@ -107,6 +107,15 @@ _LAST_VALUE_FIELDS = {
 }
 
 
+# A request target is origin-form (`/path?query`) on the hot path; anything else, or a `#`
+# anywhere in it, is looked at by _origin_form.
+_SLASH: Final = 0x2F  # ord("/")
+_HASH: Final = 0x23  # ord("#")
+# RFC 9112 3.2.2 absolute-form: scheme "://" authority, then an optional path and query.
+_ABSOLUTE_FORM = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?]*)([/?].*)?", re.DOTALL)
+_DEFAULT_PORTS = {b"http": b":80", b"https": b":443"}
+
+
 class UpstreamRequest:
     """The request head to send upstream, and what the proxy learnt from the client's head."""
 
@@ -119,6 +128,7 @@ class UpstreamRequest:
         "preview_value",
         "request_id",
         "traceparent",
+        "upgrade",
     )
 
     def __init__(
@@ -132,11 +142,13 @@ class UpstreamRequest:
         request_id: bytes,
         traceparent: bytes | None = None,
         dropped: int = 0,
+        upgrade: bool = False,
     ) -> None:
         self.head = head
         self.dropped = dropped  # fields removed for an underscore in their name
         self.request_id = request_id  # the X-Request-Id sent upstream: the client's, or made here
         self.traceparent = traceparent  # as sent upstream: the client's, or started here
+        self.upgrade = upgrade  # the head asks the upstream for an upgrade (h2c never does)
         self.host = host
         self.preview_value = preview_value
         self.content_length = content_length
@@ -171,10 +183,16 @@ def build_upstream_request(
     `X-Request-Id` goes last: the client's when it sent one valid value, else a fresh one.
     `traceparent` passes as sent; without one, `start_trace` starts a trace here. The body's
     framing is the proxy's own: Content-Length is kept, chunked is declared again. For an
-    upgrade the `Upgrade` field and `Connection: upgrade` are kept, since they are the point of
-    the request.
+    upgrade, the `Upgrade` field and `Connection: upgrade` are kept, since they are the point of
+    the request, without `h2c` (an HTTP/2 upgrade would take the connection past the proxy's
+    parser, Envoy drops it too); an upgrade to h2c alone goes as a plain request.
 
-    Raises RequestHeadError when Host is missing, repeated or empty.
+    An absolute-form target goes upstream in origin-form, once its authority is the Host (the
+    upstream must obey the target's, RFC 9112 3.2.2: a mismatch is refused, as HAProxy does).
+
+    Raises RequestHeadError when Host is missing, repeated or empty, for a target that is not
+    origin-form, `OPTIONS *` or such an absolute-form (userinfo, a `#`, another scheme), and
+    with 501 for a transfer coding other than chunked.
     """
     host: bytes | None = None
     host_count = 0
@@ -219,6 +237,8 @@ def build_upstream_request(
             kept.append(b"Content-Length: %d\r\n" % content_length)
         elif kind == _TRANSFER:
             chunked = True  # llhttp accepts only a final "chunked", and never with a length
+            if value != b"chunked":
+                _check_codings(value)  # `gzip, chunked` would go on as chunked, gzip inside
         elif kind == _FORWARDED_FOR:
             if trusted_peer:
                 forwarded_for.append(value)
@@ -262,6 +282,8 @@ def build_upstream_request(
             raise RequestHeadError(f"bad request: {what} Host header")
         if len(_valid_hosts) < _VALID_HOSTS_KEPT:
             _valid_hosts.add(host)
+    if target[0] != _SLASH or _HASH in target:
+        kept[2] = _origin_form(target, host)
     if named:
         # Rare: fields that the client's Connection names are hop-by-hop too; rebuild without.
         return build_upstream_request(
@@ -290,8 +312,12 @@ def build_upstream_request(
         kept.append(b"\r\n")
     else:
         kept += _balancer_fields(from_balancer, host)
+    forwards_upgrade = False
     if upgrade and upgrade_value is not None:
-        kept += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
+        upgrade_value = _without_h2c(upgrade_value)
+        if upgrade_value:
+            forwards_upgrade = True
+            kept += (b"Connection: upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
     if traceparent is None and start_trace:
         traceparent = new_traceparent()
         kept += (b"traceparent: ", traceparent, b"\r\n")
@@ -309,7 +335,64 @@ def build_upstream_request(
         request_id=request_id,
         traceparent=traceparent,
         dropped=dropped,
+        upgrade=forwards_upgrade,
     )
+
+
+def _origin_form(target: bytes, host: bytes) -> bytes:
+    """The target to send upstream for one that is not plain origin-form, or RequestHeadError.
+
+    `OPTIONS *` passes (the client connection refuses any other `*`). An absolute-form target
+    (`http://a/x?y`) becomes its path and query (`/x?y`, `/` when empty), provided its authority
+    names the same host and port as Host (default ports aside) and carries no userinfo.
+    """
+    if _HASH in target:
+        raise RequestHeadError("bad request: '#' in the request target (a fragment is not sent)")
+    if target[0] == _SLASH or target == b"*":
+        return target
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        raise RequestHeadError("bad request: the request target is not origin-form (/path)")
+    scheme = match.group(1).lower()
+    authority = match.group(2)
+    if scheme not in _DEFAULT_PORTS:
+        raise RequestHeadError("bad request: the request target's scheme is not http or https")
+    if authority.find(b"@") >= 0:
+        raise RequestHeadError("bad request: userinfo in the request target")
+    if not authority or _comparable(authority, scheme) != _comparable(host, scheme):
+        shown = authority.decode("latin-1")
+        raise RequestHeadError(
+            f"bad request: the request target's authority {shown!r} is not the Host header"
+        )
+    rest = match.group(3) or b""
+    return rest if rest[:1] == b"/" else b"/" + rest
+
+
+def _comparable(authority: bytes, scheme: bytes) -> bytes:
+    """An authority as compared with Host: lower-case, without an empty or default port."""
+    lower = authority.lower()
+    if lower.endswith(b":"):
+        return lower[:-1]
+    default = _DEFAULT_PORTS[scheme]
+    return lower[: -len(default)] if lower.endswith(default) else lower
+
+
+def _check_codings(value: bytes) -> None:
+    """Refuse (501) a Transfer-Encoding with a coding other than chunked, parsed as tokens."""
+    for coding in value.split(b","):
+        if coding.strip(b" \t").lower() != b"chunked":
+            shown = value.decode("latin-1")
+            raise RequestHeadError(
+                f"Transfer-Encoding {shown!r}: only chunked is implemented", status=501
+            )
+
+
+def _without_h2c(value: bytes) -> bytes:
+    """An Upgrade value without its `h2c` offers (the rest as sent; empty when none is left)."""
+    if value.lower().find(b"h2c") < 0:
+        return value
+    offers = [offer.strip(b" \t") for offer in value.split(b",")]
+    return b", ".join([o for o in offers if o and o.lower().split(b"/")[0] != b"h2c"])
 
 
 def _classify(lower: bytes) -> int:

@@ -210,3 +210,183 @@ async def test_asterisk_form_is_only_options_star(
     )
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert bytes(upstream.received).startswith(b"OPTIONS * HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"http://evil.example/admin", b"example.com"),
+        (b"http://a:8080/", b"a"),
+        (b"http://a/", b"a:8080"),
+        (b"http://u@a/x", b"a"),
+        (b"http://u:p@a/x", b"u:p@a"),
+        (b"ftp://a/x", b"a"),
+        (b"http:/x", b"a"),
+        (b"/a#b", b"a"),
+        (b"/a?x#", b"a"),
+        (b"http://a/#frag", b"a"),
+    ],
+)
+async def test_targets_the_upstream_could_read_otherwise_get_400(
+    recorded: tuple[RunningProxy, RecordingUpstream], target: bytes, host: bytes
+) -> None:
+    """An absolute-form authority that disagrees with Host (the upstream must use the target's,
+    RFC 9112 3.2.2; HAProxy's h1_host_normalization), userinfo, a raw '#' (a fragment is never
+    sent, RFC 9110 4.2.5), a scheme other than http(s)."""
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n"), raw
+    assert b"Connection: close" in raw
+    assert upstream.received == b""
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "sent"),
+    [
+        (b"http://a/x?y=1", b"a", b"/x?y=1"),
+        (b"HTTP://A:80", b"a", b"/"),
+        (b"http://a?q", b"a:80", b"/?q"),
+        (b"https://shop.example:443/p", b"shop.example", b"/p"),
+        (b"http://[::1]:8080/v", b"[::1]:8080", b"/v"),
+    ],
+)
+async def test_an_absolute_form_target_goes_upstream_in_origin_form(
+    recorded: tuple[RunningProxy, RecordingUpstream], target: bytes, host: bytes, sent: bytes
+) -> None:
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port,
+        b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw
+    assert bytes(upstream.received).startswith(b"GET " + sent + b" HTTP/1.1\r\nHost: " + host)
+
+
+async def test_http10_with_transfer_encoding_gets_400_and_close(
+    recorded: tuple[RunningProxy, RecordingUpstream],
+) -> None:
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; for a
+    request that is 400 and a close (6.3), even with `Connection: keep-alive`."""
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port,
+        b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n"
+        b"\r\n3\r\nabc\r\n0\r\n\r\nGET /second HTTP/1.0\r\nHost: a\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n"), raw
+    assert raw.count(b"HTTP/1.1") == 1 and b"Connection: close" in raw
+    assert upstream.received == b""
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
+)
+async def test_get_or_head_with_a_body_never_reuses_its_upstream_connection(
+    recorded: tuple[RunningProxy, RecordingUpstream], method: bytes, framing: bytes
+) -> None:
+    """Forwarded, as nginx does, but the upstream connection is closed after it: an upstream
+    that ignores a GET body would read it as the next request on a pooled connection."""
+    proxy, upstream = recorded
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(method + b" /one HTTP/1.1\r\nHost: a\r\n" + framing)
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200 OK\r\n"
+        )
+        if method == b"GET":
+            assert await reader.readexactly(2) == b"ok"
+        writer.write(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+        assert upstream.connections == 2
+    finally:
+        writer.close()
+    assert bytes(upstream.received).count(b" HTTP/1.1\r\n") == 2
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"ANNOUNCE / RTSP/1.0",
+        b"SOURCE / ICE/1.0",
+        b"GET / RTSP/1.1",
+        b"GET / RTSP/2.0",
+        b"SOURCE / ICE/1.1",
+        b"GET / HTTP/2.0",
+        b"POST / HTTP/0.9",
+    ],
+)
+async def test_protocols_other_than_http_10_and_11_get_505(
+    recorded: tuple[RunningProxy, RecordingUpstream], request_line: bytes
+) -> None:
+    """Never relabelled HTTP/1.1 and forwarded: 505, also pipelined or with the request line
+    cut across reads."""
+    proxy, upstream = recorded
+    head = request_line + b"\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+    for payload in (head, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n" + head):
+        raw = await raw_exchange(proxy.port, payload)
+        assert b"HTTP/1.1 505 HTTP Version Not Supported\r\n" in raw, raw
+        assert b"Connection: close" in raw
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        cut = len(request_line) - 3
+        for piece in (head[:4], head[4:cut], head[cut:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer
+    finally:
+        writer.close()
+    # The request before it in the same read is abandoned with it: nothing reached a colour.
+    assert upstream.received == b""
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: deflate,chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+async def test_a_transfer_coding_the_proxy_does_not_implement_gets_501(
+    recorded: tuple[RunningProxy, RecordingUpstream], codings: bytes
+) -> None:
+    """`gzip, chunked` would go upstream as `chunked` with gzip bytes (HAProxy answers 422)."""
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port, b"POST / HTTP/1.1\r\nHost: a\r\n" + codings + b"\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), raw
+    assert b"Connection: close" in raw
+    assert upstream.received == b""
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "forwarded"),
+    [(b"h2c", None), (b"H2C", None), (b"h2c, websocket", b"websocket")],
+)
+async def test_h2c_is_dropped_from_upgrade(
+    recorded: tuple[RunningProxy, RecordingUpstream], upgrade: bytes, forwarded: bytes | None
+) -> None:
+    """An h2c upgrade through a proxy reaches the application unparsed (Envoy drops it): the
+    request goes on without it, a WebSocket upgrade offered with it is kept."""
+    proxy, upstream = recorded
+    raw = await raw_exchange(
+        proxy.port,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: "
+        + upgrade
+        + b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw
+    received = bytes(upstream.received).lower()
+    assert b"h2c" not in received and b"http2-settings" not in received
+    if forwarded is None:
+        assert b"upgrade" not in received
+    else:
+        assert b"\r\nupgrade: " + forwarded + b"\r\n" in received
+        assert b"\r\nconnection: upgrade\r\n" in received

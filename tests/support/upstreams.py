@@ -73,11 +73,14 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.received = bytearray()
+        self.connections = 0  # accepted so far: a second one means the first was not reused
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Record what arrives, answering 200 after each blank line, until the peer closes."""
+        self.connections += 1
         while data := await reader.read(65536):
             self.received += data
             if b"\r\n\r\n" in data:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                body = b"" if data.startswith(b"HEAD ") else b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body)
         writer.close()
