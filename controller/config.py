@@ -201,6 +201,12 @@ def _cross_checks(config: Config, failed: set[str]) -> list[str]:
             f"health.interval ({_seconds(health.interval)}); lower the timeout or "
             "raise the interval"
         )
+    preview = config.preview
+    if preview.token is not None and preview.token_from_file is not None:
+        problems.append(
+            "preview.token and preview.tokenFile are both set; keep one (tokenFile, so that the "
+            "token lives in a Secret)"
+        )
     for key, size in (
         ("limits.requestHeadSize", config.limits.max_head_size),
         ("limits.uriSize", config.limits.max_uri_size),

@@ -118,6 +118,7 @@ class ControlState:
             "idle": table.idle if table is not None else None,
             "colours": colours,
             "preview_header": table.preview.header if table is not None else None,
+            "preview_link": preview_link(table) if table is not None else None,
             "config_version": table.version if table is not None else None,
             "config_changed_at": iso(self.config_changed_at),
             "last_error": self.last_error,
@@ -125,3 +126,18 @@ class ControlState:
             "switches": [record.as_json() for record in self.switches],
             "ready": self.readiness()[0],
         }
+
+
+def preview_link(table: RoutingTable) -> dict[str, Any]:
+    """How a browser gets preview, for `/status`: the links on and off, the cookie, the colour.
+
+    The token is shown as a placeholder, never its value.
+    """
+    preview = table.preview
+    token = "token=<preview.token>&" if preview.secret is not None else ""
+    return {
+        "on": f"{preview.path}?{token}next=/",
+        "off": f"{preview.path}/off",
+        "cookie": preview.cookie,
+        "colour": table.idle,
+    }

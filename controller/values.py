@@ -20,6 +20,9 @@ from proxy.routing import IPNetwork
 _T_co = TypeVar("_T_co", covariant=True)
 
 DEFAULT_PREVIEW_HEADER = "X-Bluegreen-Preview"
+# The preview cookie's key from preview.cookieKeyFile: shorter keys are refused (RFC 2104 asks
+# for at least the hash's output, 32 bytes for SHA-256).
+MIN_KEY_BYTES = 32
 
 _DURATION_HINT = "use a number with a unit such as 500ms, 2s or 5m"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
@@ -239,6 +242,79 @@ def parse_cidrs(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def parse_link_path(text: str) -> str:
+    """Return the preview link's path: a request path below `/`, without `?` or `#`."""
+    path = parse_path(text.strip())
+    if path == "/" or "?" in path or "#" in path or path.endswith("/"):
+        raise ValueError(
+            f"{text!r} cannot be the preview link's path: every request under it is answered by "
+            "the proxy, so it must be a path of its own without ?, # or a trailing /, e.g. "
+            "/.well-known/bluegreen/preview"
+        )
+    return path
+
+
+def parse_cookie_name(text: str) -> str:
+    """Return a cookie name: an RFC 6265 token (letters, digits and `!#$%&'*+-.^_`|~`)."""
+    name = text.strip()
+    if _TOKEN.fullmatch(name) is None:
+        raise ValueError(
+            f"{text!r} is not a valid cookie name; use letters, digits, '-' and '_', "
+            "e.g. bluegreen_preview"
+        )
+    return name
+
+
+def read_secret_file(text: str) -> bytes | None:
+    """Return the preview token read from a file (a mounted Secret); empty text: no file.
+
+    One trailing newline is dropped (`kubectl create secret --from-file` keeps the file's).
+    The contents follow the rules of preview.token; the message never quotes them.
+    """
+    contents = _read_file(text)
+    if contents is None:
+        return None
+    try:
+        token = parse_token(contents.decode("ascii"))
+    except UnicodeDecodeError:
+        problem = "holds non-ASCII bytes; the token must be printable ASCII"
+        raise ValueError(f"{text.strip()!r} {problem}") from None
+    except ValueError as error:
+        raise ValueError(f"{text.strip()!r}: {error}") from None
+    if token is None:
+        raise ValueError(f"{text.strip()!r} is empty; put the token in it, or leave the key unset")
+    return token
+
+
+def read_key_file(text: str) -> bytes | None:
+    """Return the preview cookie's HMAC key, read from a file: at least 32 bytes; empty: none."""
+    contents = _read_file(text)
+    if contents is None:
+        return None
+    if len(contents) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"{text.strip()!r} holds {len(contents)} bytes; the cookie key needs at least "
+            f"{MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom | base64)"
+        )
+    return contents
+
+
+def _read_file(text: str) -> bytes | None:
+    path = text.strip()
+    if not path:
+        return None
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path; give the file's mount path")
+    try:
+        with open(path, "rb") as file:
+            contents = file.read(64 * 1024 + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error.strerror or error}") from None
+    if len(contents) > 64 * 1024:
+        raise ValueError(f"{path!r} is larger than 64 KiB; it should hold only the secret")
+    return contents.removesuffix(b"\n")
+
+
 def parse_path(text: str) -> str:
     """Return a request path: starts with `/`, printable ASCII without spaces."""
     if not text.startswith("/") or not all("!" <= c <= "~" for c in text):
@@ -347,6 +423,10 @@ HEADER = ValueKind("header name", parse_header)
 SECRET = ValueKind("secret text", parse_token)
 NETWORKS = ValueKind("networks", parse_cidrs)
 PATH = ValueKind("request path", parse_path)
+LINK_PATH = ValueKind("request path", parse_link_path)
+COOKIE_NAME = ValueKind("cookie name", parse_cookie_name)
+SECRET_FILE = ValueKind("file", read_secret_file)
+KEY_FILE = ValueKind("file", read_key_file)
 DURATION = ValueKind("duration", parse_duration)
 SIZE = ValueKind("size", parse_size)
 COUNT = ValueKind("count", parse_count)

@@ -22,7 +22,7 @@ from typing import Final, Protocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from proxy.access_log import PROXY, AccessRecord
-from proxy.exchange import QUEUED, Exchange, ExchangeContext
+from proxy.exchange import QUEUED, Exchange, ExchangeContext, LocalAnswer
 from proxy.flow import PEER_BACKED_UP, PIPELINE, ReadGate
 from proxy.headers import (
     RequestHeadError,
@@ -30,6 +30,7 @@ from proxy.headers import (
     build_upstream_request,
     simple_response,
 )
+from proxy.preview_link import answer_link, is_link
 from proxy.request_id import REQUEST_ID_HEADER, new_request_id, trace_id_of, valid_request_id
 from proxy.routing import DEFAULT_LIMITS, ClientLimits, RoutingTable
 
@@ -264,20 +265,7 @@ class ClientConnection(asyncio.Protocol):
         if self.url[:1] == b"*" and (method != b"OPTIONS" or self.url != b"*"):
             # RFC 9112 3.2.4: asterisk-form is `OPTIONS *` and nothing else.
             raise RequestHeadError("bad request: a '*' target is only valid as OPTIONS *")
-        # The protocol from the request line itself: llhttp reports RTSP/1.1 as version 1.1.
-        line_from = self.line_from
-        protocol = b""
-        if line_from is not None:
-            self.line_from = None
-            end = line_from.find(b"\r\n")
-            if end >= 9:
-                protocol = line_from[end - 9 : end]
-        if protocol == _HTTP11:
-            http10 = False
-        elif protocol == _HTTP10:
-            http10 = True
-        else:
-            http10 = self._protocol_is_http10(method)
+        http10 = self._is_http10(method)
         if table is None:
             raise RequestHeadError("bluegreen: no valid config loaded yet", status=503)
         if len(self.headers) > self.limits.max_header_count:
@@ -293,25 +281,44 @@ class ClientConnection(asyncio.Protocol):
                 RETRY_AFTER,
             )
         upgrade = parser.should_upgrade()
+        trusted_peer = bool(table.forwarded_trusted) and table.trusts_forwarded_for(self.peer_ip)
+        url = self.url
         request = build_upstream_request(
             method,
-            self.url,
+            url,
             self.headers,
             peer=self.peer,
             preview_header=table.preview_header,
             upgrade=upgrade,
-            trusted_peer=bool(table.forwarded_trusted) and table.trusts_forwarded_for(self.peer_ip),
+            trusted_peer=trusted_peer,
             allow_underscores=table.edge.allow_underscores,
             start_trace=table.tracing.generate,
+            preview_cookie=table.preview_cookie,
         )
         if request.dropped:
             server.stats.dropped_request_fields("underscore", request.dropped)
         if http10 and request.chunked:
             # RFC 9112 6.1: faulty framing, whatever Connection says; for a request, 400 (6.3).
             raise RequestHeadError("bad request: Transfer-Encoding in an HTTP/1.0 request")
-        route = table.choose(request.preview_value, self.peer_ip)
         chunked = request.chunked
         content_length = request.content_length
+        # The second byte first: an int comparison, where bytes.startswith would cost a method
+        # call with argument parsing on every request (callgrind: ~550 instructions).
+        if (
+            len(url) > 1
+            and url[1] == table.preview_path_second
+            and is_link(url, table.preview.path_bytes)
+        ):
+            if chunked or content_length or upgrade:
+                raise RequestHeadError("bad request: the preview link takes no body or upgrade")
+            self._answer_link(method, table, trusted_peer, request.request_id)
+            return
+        route = table.choose(request.preview_value, self.peer_ip)
+        if request.preview_cookie is not None and route is table.live_route:
+            route, outcome = table.choose_by_cookie(
+                request.preview_cookie, self.peer_ip, time.time()
+            )
+            server.stats.preview_cookie(outcome)
         max_body = self.limits.max_body_size
         if max_body and content_length is not None and content_length > max_body:
             raise RequestHeadError(_too_large("request body", max_body), 413)
@@ -333,6 +340,33 @@ class ClientConnection(asyncio.Protocol):
             exchange.access = self._begin_access(table, method, request)
         self.parsing = exchange
         self.body_remaining = content_length
+        self.queue.append(exchange)
+        if len(self.queue) >= MAX_PIPELINED:
+            self.reading.block(PIPELINE)
+
+    def _answer_link(
+        self, method: bytes, table: RoutingTable, trusted_peer: bool, request_id: bytes
+    ) -> None:
+        """Queue the proxy's own answer to a preview link request (proxy/preview_link.py)."""
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and parser.get_http_version() != "1.0"
+        answer = answer_link(
+            method,
+            self.url,
+            self.headers,
+            table,
+            peer_ip=self.peer_ip,
+            trusted_peer=trusted_peer,
+            keep_alive=keep_alive,
+            now=time.time(),
+            request_id=request_id,
+        )
+        self.server.stats.preview_link(answer.action)
+        exchange = LocalAnswer(
+            self, table, answer.response, keep_alive=keep_alive, request_id=request_id
+        )
+        self.parsing = exchange
+        self.body_remaining = None
         self.queue.append(exchange)
         if len(self.queue) >= MAX_PIPELINED:
             self.reading.block(PIPELINE)
@@ -509,6 +543,24 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = None
         if early_bytes:
             exchange.tunnel_from_client(early_bytes)
+
+    def _is_http10(self, method: bytes) -> bool:
+        """The request's protocol: True for HTTP/1.0, False for HTTP/1.1; else RequestHeadError.
+
+        Read from the request line itself: llhttp reports RTSP/1.1 as version 1.1.
+        """
+        line_from = self.line_from
+        protocol = b""
+        if line_from is not None:
+            self.line_from = None
+            end = line_from.find(b"\r\n")
+            if end >= 9:
+                protocol = line_from[end - 9 : end]
+        if protocol == _HTTP11:
+            return False
+        if protocol == _HTTP10:
+            return True
+        return self._protocol_is_http10(method)
 
     def _protocol_is_http10(self, method: bytes) -> bool:
         """The protocol of a request line the common check could not see: True for HTTP/1.0.

@@ -653,3 +653,54 @@ class Exchange:
         record.reason = reason
         if self.table.access_log.keeps(status, record.duration):
             access_log.log(record)
+
+
+class LocalAnswer(Exchange):
+    """A request the proxy answers itself (the preview link), in its turn on the connection.
+
+    It waits in the connection's queue like any exchange, so that pipelined requests in front of
+    it are answered first, and then writes its response without reaching a colour: no upstream,
+    no pool, and nothing counted as a colour's request.
+    """
+
+    __slots__ = ("response",)
+
+    def __init__(
+        self,
+        client: ClientSide,
+        table: RoutingTable,
+        response: bytes,
+        *,
+        keep_alive: bool,
+        request_id: bytes,
+    ) -> None:
+        # Exchange.__init__ is not called: it would pick an upstream and count the request as
+        # in flight to a colour. These are the attributes the connection reads off a queued
+        # exchange.
+        self.client = client
+        self.table = table
+        self.route = table.live_route
+        self.response = response
+        self.keep_alive = keep_alive
+        self.phase = QUEUED
+        self.conn = None
+        self.pending = []
+        self.pending_size = 0
+        self.request_complete = False
+        self.body_chunked = False
+        self.is_upgrade = False
+        self.early = None
+        self.request_id = request_id
+        self.access = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def start(self) -> None:
+        """Write the answer; the connection then goes on with the next request."""
+        self.phase = FINISHED
+        self.client.write(self.response)
+        self.client.exchange_finished(self)
+
+    def cancel(self, status: int, reason: str | None = None, ended_by: str = PROXY) -> None:
+        """Nothing upstream to abandon and nothing counted: just finish."""
+        self.phase = FINISHED

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Final
 
+from proxy.preview_cookie import remove_cookie
 from proxy.request_id import new_request_id, new_traceparent, valid_request_id
 
 Header = tuple[bytes, bytes]
@@ -67,6 +68,7 @@ _FROM_BALANCER: Final = 8
 _UNDERSCORED: Final = 9
 _REQUEST_ID: Final = 10
 _TRACEPARENT: Final = 11
+_COOKIE: Final = 12
 _REQUEST_SPECIAL = {
     b"host": _HOST,
     b"x-forwarded-for": _FORWARDED_FOR,
@@ -89,6 +91,7 @@ _REQUEST_SPECIAL = {
     # Set by the proxy: the client's own value when valid, else a fresh one (proxy/request_id.py).
     b"x-request-id": _REQUEST_ID,
     b"traceparent": _TRACEPARENT,
+    b"cookie": _COOKIE,
 }
 # Every lower-case name seen so far, with its kind: classifying a name (proxy-*, an underscore)
 # costs more than one dict lookup, and a proxy sees the same few dozen names again and again.
@@ -125,6 +128,7 @@ class UpstreamRequest:
         "dropped",
         "head",
         "host",
+        "preview_cookie",
         "preview_value",
         "request_id",
         "traceparent",
@@ -143,6 +147,7 @@ class UpstreamRequest:
         traceparent: bytes | None = None,
         dropped: int = 0,
         upgrade: bool = False,
+        preview_cookie: bytes | None = None,
     ) -> None:
         self.head = head
         self.dropped = dropped  # fields removed for an underscore in their name
@@ -151,6 +156,7 @@ class UpstreamRequest:
         self.upgrade = upgrade  # the head asks the upstream for an upgrade (h2c never does)
         self.host = host
         self.preview_value = preview_value
+        self.preview_cookie = preview_cookie  # the preview cookie's value, taken out of Cookie
         self.content_length = content_length
         self.chunked = chunked
 
@@ -166,6 +172,7 @@ def build_upstream_request(
     trusted_peer: bool = False,
     allow_underscores: bool = False,
     start_trace: bool = False,
+    preview_cookie: bytes = b"",
 ) -> UpstreamRequest:
     """Build the request head sent upstream, in one pass over the client's fields.
 
@@ -185,7 +192,10 @@ def build_upstream_request(
     framing is the proxy's own: Content-Length is kept, chunked is declared again. For an
     upgrade, the `Upgrade` field and `Connection: upgrade` are kept, since they are the point of
     the request, without `h2c` (an HTTP/2 upgrade would take the connection past the proxy's
-    parser, Envoy drops it too); an upgrade to h2c alone goes as a plain request.
+    parser, Envoy drops it too); an upgrade to h2c alone goes as a plain request. The cookie named
+    `preview_cookie` (when not empty) is taken out of every Cookie field, the other cookies
+    staying byte for byte, and its value returned in `preview_cookie`: whether it is valid or
+    not, the colour never sees it.
 
     An absolute-form target goes upstream in origin-form, once its authority is the Host (the
     upstream must obey the target's, RFC 9112 3.2.2: a mismatch is refused, as HAProxy does).
@@ -197,6 +207,7 @@ def build_upstream_request(
     host: bytes | None = None
     host_count = 0
     preview_value: bytes | None = None
+    cookie_value: bytes | None = None
     content_length: int | None = None
     chunked = False
     forwarded_for: list[bytes] = []
@@ -262,6 +273,17 @@ def build_upstream_request(
             kept.append(b": ")
             kept.append(value)
             kept.append(b"\r\n")
+        elif kind == _COOKIE:
+            # partition, not `in` or find: `in` first tries the needle as an int (see
+            # _UNDERSCORE) and find parses its arguments from a tuple; partition takes one
+            # argument directly, and returns (value, b"", b"") when the name is absent.
+            others = value
+            if preview_cookie and value.partition(preview_cookie)[1]:
+                others, found = remove_cookie(value, preview_cookie)
+                if found is not None:
+                    cookie_value = found
+            if others:
+                kept += (name, b": ", others, b"\r\n")
         elif kind == _UNDERSCORED:
             if lower == preview_header:
                 preview_value = value
@@ -296,6 +318,7 @@ def build_upstream_request(
             trusted_peer=trusted_peer,
             allow_underscores=allow_underscores,
             start_trace=start_trace,
+            preview_cookie=preview_cookie,
         )
     if request_id is None or request_ids != 1 or not valid_request_id(request_id):
         # None sent, several (which one would the colour log?), or unsafe to write in a log.
@@ -336,6 +359,7 @@ def build_upstream_request(
         traceparent=traceparent,
         dropped=dropped,
         upgrade=forwards_upgrade,
+        preview_cookie=cookie_value,
     )
 
 

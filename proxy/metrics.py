@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.access_log import AccessLog
+from proxy.preview_cookie import LINK_ACTIONS, OUTCOMES
 
 # Latency buckets in seconds: fine below 10 ms where a proxy in front of a healthy Service lives,
 # coarse above, ending at the default read timeout.
@@ -105,6 +106,16 @@ class TrafficStats:
         self.proxy_headers_rejected = {"invalid": 0, "timeout": 0, "closed": 0}
         self.access_log: AccessLog | None = None  # the server's, once the log is first on
         self.connections: Callable[[], ConnectionCounts] | None = None  # set by the server
+        self.preview_cookies = dict.fromkeys(OUTCOMES, 0)
+        self.preview_links = dict.fromkeys(LINK_ACTIONS, 0)
+
+    def preview_cookie(self, outcome: str) -> None:
+        """Count a request that carried the preview cookie, by outcome (proxy/preview_cookie.py)."""
+        self.preview_cookies[outcome] = self.preview_cookies.get(outcome, 0) + 1
+
+    def preview_link(self, action: str) -> None:
+        """Count a request to the preview link, by what it did (on, off, refused, invalid)."""
+        self.preview_links[action] = self.preview_links.get(action, 0) + 1
 
     def proxy_header_rejected(self, kind: str) -> None:
         """Count a connection closed without a valid PROXY protocol header, by a fixed word."""
@@ -256,25 +267,35 @@ class TrafficCollector(Collector):
             rejected.add_metric((str(status),), n)
         yield rejected
 
-        dropped = CounterMetricFamily(
+        yield _counter_by(
             "bluegreen_dropped_request_fields",
             "Request header fields removed before forwarding, by reason (underscore: a name "
             "with `_`, see headers.allowUnderscores).",
-            labels=("reason",),
+            "reason",
+            stats.dropped_fields,
         )
-        for reason, n in sorted(stats.dropped_fields.items()):
-            dropped.add_metric((reason,), n)
-        yield dropped
-
-        proxy_headers = CounterMetricFamily(
+        yield _counter_by(
             "bluegreen_proxy_protocol_rejected_connections",
             "Connections from trusted peers closed without a valid PROXY protocol header "
             "(listen.proxyProtocol), by kind: invalid, timeout, closed.",
-            labels=("kind",),
+            "kind",
+            stats.proxy_headers_rejected,
         )
-        for kind, n in sorted(stats.proxy_headers_rejected.items()):
-            proxy_headers.add_metric((kind,), n)
-        yield proxy_headers
+        yield _counter_by(
+            "bluegreen_preview_cookies",
+            "Requests that carried the preview cookie, by outcome: valid (sent to the preview "
+            "colour), or why they went live: malformed, forged, expired, wrong_colour (issued "
+            "for a colour that is not the preview colour now), untrusted_peer.",
+            "outcome",
+            stats.preview_cookies,
+        )
+        yield _counter_by(
+            "bluegreen_preview_links",
+            "Requests to the preview link (preview.path), by action: on (cookie set), off "
+            "(cleared), refused (token or preview.trustedCIDRs), invalid.",
+            "action",
+            stats.preview_links,
+        )
 
         access_log = stats.access_log
         yield CounterMetricFamily(
@@ -319,6 +340,14 @@ def _connection_families(stats: TrafficStats) -> Iterator[Metric]:
         pools.add_metric((colour, "active"), max(open_ - idle, 0))
         pools.add_metric((colour, "idle"), idle)
     yield pools
+
+
+def _counter_by(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:
+    """A counter family with one label, a sample per key of `counts`."""
+    family = CounterMetricFamily(name, documentation, labels=(label,))
+    for value, n in sorted(counts.items()):
+        family.add_metric((value,), n)
+    return family
 
 
 def traffic_registry(stats: TrafficStats) -> CollectorRegistry:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.access_log import AccessLogSettings
+from proxy.preview_cookie import UNTRUSTED_PEER, VALID, check, derive_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,13 +33,37 @@ class Upstream:
     port: int
 
 
+DEFAULT_PREVIEW_PATH = "/.well-known/bluegreen/preview"
+DEFAULT_PREVIEW_COOKIE = "bluegreen_preview"
+
+
 @dataclass(frozen=True, slots=True)
 class PreviewPolicy:
-    """Who may send preview traffic to the idle colour, and with which header."""
+    """Who may send preview traffic to the idle colour: by header, or by the link's cookie."""
 
     header: str = "X-Bluegreen-Preview"  # matched case-insensitively (header_bytes)
     token: bytes | None = None
     trusted_networks: tuple[IPNetwork, ...] = ()
+    # preview.tokenFile: the token read from a file (a mounted Secret); used when `token` is not
+    # set (the config refuses both at once).
+    token_from_file: bytes | None = None
+    path: str = DEFAULT_PREVIEW_PATH  # the preview link, answered by the proxy itself
+    cookie: str = DEFAULT_PREVIEW_COOKIE  # the cookie the link sets
+    cookie_ttl: float = 8 * 3600.0
+    # preview.cookieKeyFile: the HMAC key of the cookie; None: derived from the token.
+    cookie_key_from_file: bytes | None = None
+    secret: bytes | None = field(init=False, repr=False, compare=False)  # the token in force
+    path_bytes: bytes = field(init=False, repr=False, compare=False)
+    cookie_bytes: bytes = field(init=False, repr=False, compare=False)
+    cookie_key: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        secret = self.token if self.token is not None else self.token_from_file
+        object.__setattr__(self, "secret", secret)
+        object.__setattr__(self, "path_bytes", self.path.encode("ascii"))
+        object.__setattr__(self, "cookie_bytes", self.cookie.encode("ascii"))
+        key = self.cookie_key_from_file
+        object.__setattr__(self, "cookie_key", key if key is not None else derive_key(secret))
 
     @property
     def header_bytes(self) -> bytes:
@@ -51,8 +76,12 @@ class PreviewPolicy:
         The token is compared in constant time so its value cannot be guessed byte by byte
         from response timings.
         """
-        if self.token is not None and not hmac.compare_digest(value.strip(), self.token):
+        if self.secret is not None and not hmac.compare_digest(value.strip(), self.secret):
             return False
+        return self.allows_peer(peer_ip)
+
+    def allows_peer(self, peer_ip: str | None) -> bool:
+        """Say whether `peer_ip` lies in preview.trustedCIDRs (always, when none are set)."""
         if not self.trusted_networks:
             return True
         return _in_networks(peer_ip, self.trusted_networks)
@@ -185,6 +214,9 @@ class RoutingTable:
     preview_header: bytes = field(init=False)
     # Whether a finished request is written to the access log: the one check the hot path makes.
     logs_access: bool = field(init=False)
+    # The second byte of preview.path (after the `/`): a cheap first test for the link.
+    preview_path_second: int = field(init=False)
+    preview_cookie: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         if self.active not in self.upstreams:
@@ -200,6 +232,8 @@ class RoutingTable:
         )
         object.__setattr__(self, "preview_header", self.preview.header_bytes)
         object.__setattr__(self, "logs_access", self.access_log.enabled)
+        object.__setattr__(self, "preview_path_second", self.preview.path_bytes[1])
+        object.__setattr__(self, "preview_cookie", self.preview.cookie_bytes)
 
     @property
     def colours(self) -> tuple[str, ...]:
@@ -221,3 +255,17 @@ class RoutingTable:
         if self.preview.allows(preview_value, peer_ip):
             return self.preview_route
         return self.live_route
+
+    def choose_by_cookie(self, value: bytes, peer_ip: str | None, now: float) -> tuple[Route, str]:
+        """Route a live request that carries the preview cookie; say what the cookie was.
+
+        A valid cookie (signed, not expired, naming today's idle colour) from a peer that may
+        use preview reaches the idle colour; anything else is live, with the outcome word
+        (proxy/preview_cookie.py) saying why, for the metrics.
+        """
+        outcome = check(self.preview.cookie_key, value, self.idle, now)
+        if outcome == VALID and not self.preview.allows_peer(peer_ip):
+            outcome = UNTRUSTED_PEER
+        if outcome == VALID and self.preview_route is not None:
+            return self.preview_route, outcome
+        return self.live_route, outcome

@@ -18,9 +18,9 @@ from tests.support.colours import ColourApp, colour_application, start_app
 from tests.support.net import RunningProxy, TableFactory
 from tests.support.upstreams import RawUpstreams
 
-# For every test below tests/: the slow-kind markers, and the kube-apiserver fixtures (loaded
-# here once so that all directories share one session server).
-pytest_plugins = ["tests.support.markers", "tests.support.kube_fixtures"]
+# For every test below tests/: the slow-kind markers, the kube-apiserver fixtures (loaded
+# here once so that all directories share one session server) and the browser fixture.
+pytest_plugins = ["tests.support.markers", "tests.support.kube_fixtures", "tests.support.browser"]
 
 
 def pytest_asyncio_loop_factories(

@@ -15,27 +15,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, expect
 
 from controller.process import Endpoint, ProxyProcess
 from tests.support.colours import BreakableColour as Colour
 from tests.support.colours import breakable_config, start_app
 from tests.support.files import atomic_write
 from tests.support.waiting import wait_for as wait
-from tests.tools import debian_tool
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Nothing but loopback resolves: the browser cannot reach anything off this machine.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
 WAIT_MS = 5000  # every wait for the page to show something is bounded by this
 XSS = "<img src=x onerror=window.__xss=1>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,19 +62,6 @@ async def process(
     yield running, config, task
     running.stop()
     await asyncio.wait_for(task, 15)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, through Playwright (no browser download)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(debian_tool("chromium")), args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 def keep(screenshot: Path) -> None:
