@@ -10,6 +10,7 @@ serving through the 5 s preStop sleep, then /readyz failing, then the listener c
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from dataclasses import dataclass, field
@@ -220,3 +221,21 @@ def test_rollout_restart_under_load_drains_as_documented(example: Example) -> No
         assert not t.proxy_errors_before_readyz, (seen, t.proxy_errors_before_readyz)
         # 2. On SIGTERM readiness fails first, then the listener closes.
         assert t.readyz_failed <= t.listener_closed, seen
+
+
+def test_keep_alive_requests_are_not_held_back(example: Example) -> None:
+    """No 40 ms stall per request (Nagle against delayed ACK, as myapp had; see its Handler)."""
+    connection = http.client.HTTPConnection(example.cluster.node_address, 30080, timeout=10)
+    seconds = []
+    try:
+        for _ in range(100):
+            started = time.perf_counter()
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read().startswith(b"myapp v1")
+            seconds.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    seconds.sort()
+    print(f"keep-alive GET via bluegreen: p50 {seconds[50] * 1000:.1f} ms")
+    assert seconds[50] < 0.02, seconds
