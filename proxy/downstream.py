@@ -571,7 +571,9 @@ class ClientConnection(asyncio.Protocol):
         earlier body that holds such a line too) is refused as well, erring on the strict side.
         Raises RequestHeadError with 505 for anything but HTTP/1.0 and HTTP/1.1.
         """
-        version = self.parser.get_http_version()
+        # Typed here: httptools ships its types, but a build environment without it (pip's
+        # isolated one) sees Any, and mypyc would refuse the bool return below.
+        version: str = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
             raise RequestHeadError(f"HTTP/{version} is not supported; use HTTP/1.1", 505)
         window = b"".join([*(self.partial or ()), self.feeding])

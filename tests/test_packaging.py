@@ -10,7 +10,9 @@ Dockerfile's own text: its final stage is what Kubernetes will run.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -494,3 +496,30 @@ def test_the_in_place_build_uses_the_pinned_mypy() -> None:
     build = pin(PYPROJECT["build-system"]["requires"])
     assert build.startswith("mypy==")
     assert pin(PYPROJECT["project"]["optional-dependencies"]["test"]) == build
+
+
+def test_the_build_environment_holds_every_library_the_compiled_modules_import() -> None:
+    # mypyc type-checks proxy/ in pip's isolated build environment, which holds only
+    # [build-system] requires. A library missing there is Any to mypy, so `mypy --strict` in
+    # .venv passes while the wheel build fails (a `no-any-return` once stopped the image build).
+    pure = {"__init__.py", "admin.py"}  # setup.py's PURE_MODULES
+    imported: set[str] = set()
+    for path in sorted((REPO / "proxy").glob("*.py")):
+        if path.name in pure:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    third_party = {
+        distributions[name][0].lower().replace("_", "-")
+        for name in imported - sys.stdlib_module_names - {"proxy"}
+    }
+    requires = {
+        re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0].lower()
+        for requirement in PYPROJECT["build-system"]["requires"]
+    }
+    assert third_party, "the compiled modules import no library: is the module list right?"
+    assert third_party <= requires, f"add to [build-system] requires: {third_party - requires}"
