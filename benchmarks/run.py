@@ -784,18 +784,10 @@ def start_servers(
     (www / "small").write_bytes(b"s" * (SMALL_SIZE - 1) + b"\n")
     (www / "large").write_bytes(os.urandom(LARGE_SIZE))
 
-    names = [
-        "nginx",
-        "nginx-bigbuf",
-        "haproxy",
-        "haproxy-bigbuf",
-        "caddy",
-        "relay",
-        "bluegreen",
-        "bg-admin",
-        "bluegreen-log",
-        "bg-log-admin",
-    ]
+    # One port per measured target (SMALL_TARGETS and LARGE_TARGETS name them) and one for each
+    # bluegreen's admin server.
+    measured = dict.fromkeys((*SMALL_TARGETS, *LARGE_TARGETS))
+    names = [*(name for name in measured if name != "direct"), "bg-admin", "bg-log-admin"]
     ports = dict(zip(["direct", *names], free_ports(len(names) + 1), strict=True))
     nginx = tools["nginx"]
     targets: dict[str, Target] = {}
