@@ -16,7 +16,8 @@ import timeit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from controller.metrics import build_registry
-from proxy.metrics import DURATION_BUCKETS, TrafficStats
+from proxy.histogram import DURATION_BUCKETS
+from proxy.metrics import TrafficStats
 
 ROUNDS = 7
 NUMBER = 200_000

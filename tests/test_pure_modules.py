@@ -7,7 +7,12 @@ import sys
 
 import pytest
 
-PURE = ("controller.rollback", "controller.health_state", "controller.history")
+PURE = (
+    "controller.rollback",
+    "controller.health_state",
+    "controller.history",
+    "proxy.shadow_compare",
+)
 IO_LIBRARIES = ("aiohttp", "kubernetes_asyncio", "prometheus_client", "yaml")
 
 
