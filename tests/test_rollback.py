@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from controller.process import Endpoint, ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
 from tests.support.colours import BreakableColour as Colour
 from tests.support.colours import breakable_config, start_app
+from tests.support.process import run_cli
 from tests.support.waiting import wait_for as wait
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
@@ -181,33 +181,21 @@ async def test_error_rate_rolls_back_only_past_min_requests(
     await wait(lambda: active_in(config) == "blue", 2)
 
 
-async def cli(*args: str) -> tuple[int, str, str]:
-    """Run the `bluegreen` CLI in a child process; return its status, stdout and stderr."""
-    child = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "controller.cli", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(child.communicate(), 60)
-    assert child.returncode is not None
-    return child.returncode, out.decode(), err.decode()
-
-
 async def test_switch_wait_on_a_file_says_served_or_refused(
     setup: tuple[ProxyProcess, dict[str, Colour], Path],
 ) -> None:
     process, colours, config = setup
     admin = f"--admin=127.0.0.1:{process.admin_port}"
-    code, out, err = await cli("switch", "green", "--config", str(config), "--wait", admin)
+    code, out, err = await run_cli("switch", "green", "--config", str(config), "--wait", admin)
     assert code == 0, err
     assert "green is served by every ready replica (1)" in out
-    code, out, err = await cli("switch", "blue", "--config", str(config), "--wait", admin)
+    code, out, err = await run_cli("switch", "blue", "--config", str(config), "--wait", admin)
     assert code == 0, err
     colours["green"].healthy = False
     await wait(lambda: process.health.health("green") is U, 5)
-    code, out, err = await cli("switch", "green", "--config", str(config), "--wait", admin)
+    code, out, err = await run_cli("switch", "green", "--config", str(config), "--wait", admin)
     assert code == 4, (out, err)
     assert "not served: refused: green unhealthy" in err
     assert active_in(config) == "blue"  # the process wrote the refusal back
-    code, _, err = await cli("switch", "green", "--config", str(config), "--wait")
+    code, _, err = await run_cli("switch", "green", "--config", str(config), "--wait")
     assert code == 2 and "needs the running proxy: add --admin URL" in err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.colour_configmap import colour_configmap
 from tests.support.colours import BreakableColour as Colour
+from tests.support.process import run_cli
 from tests.support.waiting import wait_for as wait
 from tests.support.waiting import wait_for_async
 
@@ -336,18 +336,6 @@ async def test_followers_act_on_their_own_checks_without_a_leader(replicas: Repl
     assert await replicas.events("TargetUnhealthy") == []
 
 
-async def bluegreen(*args: str) -> tuple[int, str, str]:
-    """Run the `bluegreen` CLI as a person would; return its exit status, stdout and stderr."""
-    child = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "controller.cli", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(child.communicate(), 60)
-    assert child.returncode is not None
-    return child.returncode, out.decode(), err.decode()
-
-
 def target(replicas: Replicas) -> list[str]:
     return ["--configmap", str(replicas.ref), "--kubeconfig", str(replicas.server.kubeconfig)]
 
@@ -363,7 +351,7 @@ async def test_switch_wait_exits_0_when_served_and_4_with_the_reason_when_refuse
         await replicas.start()
     await wait(lambda: replicas.leader() is not None, 10)
     await healthy_everywhere(replicas)
-    code, out, err = await bluegreen(
+    code, out, err = await run_cli(
         "switch", "green", *target(replicas), "--wait", *admins(replicas)
     )
     assert code == 0, err
@@ -371,13 +359,11 @@ async def test_switch_wait_exits_0_when_served_and_4_with_the_reason_when_refuse
     assert "green is served by every ready replica (2)" in out
     assert all(p.status()["active"] == "green" for p in replicas.processes)
 
-    code, out, err = await bluegreen(
-        "switch", "blue", *target(replicas), "--wait", *admins(replicas)
-    )
+    code, out, err = await run_cli("switch", "blue", *target(replicas), "--wait", *admins(replicas))
     assert code == 0, err
     replicas.colours["green"].healthy = False
     await unhealthy_everywhere(replicas)
-    code, out, err = await bluegreen(
+    code, out, err = await run_cli(
         "switch", "green", *target(replicas), "--wait", "--timeout", "10s", *admins(replicas)
     )
     assert code == 4, (out, err)
@@ -391,9 +377,7 @@ async def test_switch_wait_reads_the_replicas_behind_the_admin_service(
 ) -> None:
     """Without --admin, the replicas are the ready pods of the admin Service's Endpoints."""
     await replicas.start()
-    code, _, err = await bluegreen(
-        "switch", "green", *target(replicas), "--wait", "--timeout", "1s"
-    )
+    code, _, err = await run_cli("switch", "green", *target(replicas), "--wait", "--timeout", "1s")
     assert code == 1
     assert f"no Service {replicas.ref.namespace}/bluegreen-admin to find the replicas by" in err
     await client.CoreV1Api(replicas.api).create_namespaced_endpoints(
@@ -413,7 +397,7 @@ async def test_switch_wait_reads_the_replicas_behind_the_admin_service(
             ],
         ),
     )
-    code, _, err = await bluegreen("switch", "blue", *target(replicas), "--wait", "--timeout", "1s")
+    code, _, err = await run_cli("switch", "blue", *target(replicas), "--wait", "--timeout", "1s")
     assert code == 1
     assert "blue is not served by every ready replica after 1s: no ready replica was found" in err
 
@@ -435,7 +419,7 @@ async def test_rollback_after_a_kubectl_patch_returns_to_the_colour_served_befor
     assert history[0]["from"] == "blue" and history[0]["to"] == "green"
     assert history[0]["reason"] == "manual"
     assert history[0]["by"].startswith("observed by ")
-    code, out, err = await bluegreen("rollback", *target(replicas), "--wait", *admins(replicas))
+    code, out, err = await run_cli("rollback", *target(replicas), "--wait", *admins(replicas))
     assert code == 0, err
     assert "switched green -> blue" in out
     assert (await replicas.configmap())[0] == "blue"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -17,6 +18,16 @@ from tests.support.net import free_port
 from tests.support.waiting import wait_until_ready
 
 BLUEGREEN = [sys.executable, "-m", "controller.cli"]
+
+
+async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the `bluegreen` CLI as a person would; return its exit status, stdout and stderr."""
+    child = await asyncio.create_subprocess_exec(
+        *BLUEGREEN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout)
+    assert child.returncode is not None
+    return child.returncode, out.decode(), err.decode()
 
 
 def config_text(colours: dict[str, ColourApp], active: str, extra: str = "") -> str:
