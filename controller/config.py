@@ -37,6 +37,7 @@ from proxy.routing import (
     ProxyTimeouts,
     RetryPolicy,
     RoutingTable,
+    ShadowSettings,
     TraceSettings,
     Upstream,
 )
@@ -93,6 +94,7 @@ class Config:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     tracing: TraceSettings = field(default_factory=TraceSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -131,6 +133,7 @@ class Config:
             edge=self.edge,
             access_log=self.access_log,
             tracing=self.tracing,
+            shadow=self.shadow,
         )
 
 

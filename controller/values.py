@@ -409,6 +409,34 @@ def parse_header_names(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_percent(text: str) -> float:
+    """Return a percentage from 0 to 100 (decimals allowed: 0.5 is one request in 200)."""
+    try:
+        percent = float(text.strip().removesuffix("%"))
+    except ValueError:
+        percent = math.nan
+    if not 0 <= percent <= 100:  # also false for NaN
+        raise ValueError(f"{text!r} is not a percentage from 0 to 100, e.g. 10")
+    return percent
+
+
+def parse_methods(text: str) -> frozenset[bytes]:
+    """Return comma-separated HTTP methods (any case given, upper-case kept); at least one."""
+    methods: set[bytes] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if _TOKEN.fullmatch(item) is None:
+            raise ValueError(f"{item!r} is not an HTTP method; separate methods with commas")
+        method = item.upper()
+        if method == "CONNECT":
+            raise ValueError("CONNECT is never forwarded, so it cannot be mirrored")
+        methods.add(method.encode("ascii"))
+    if not methods:
+        raise ValueError(f"{text!r} names no method; use e.g. GET,HEAD")
+    return frozenset(methods)
+
+
 @dataclass(frozen=True, slots=True)
 class ValueKind(Generic[_T_co]):
     """A kind of value: the type name docs/configuration.md uses, and its parser."""
@@ -437,3 +465,5 @@ OPTIONAL_DURATION = ValueKind("duration or 0", parse_optional_duration)
 LOG_FORMAT = ValueKind("log format", parse_log_format)
 STATUS_FLOOR = ValueKind("status or 0", parse_status_floor)
 HEADER_NAMES = ValueKind("header names", parse_header_names)
+PERCENT = ValueKind("percent", parse_percent)
+METHODS = ValueKind("methods", parse_methods)

@@ -33,6 +33,7 @@ from proxy.headers import (
 from proxy.preview_link import answer_link, is_link
 from proxy.request_id import REQUEST_ID_HEADER, new_request_id, trace_id_of, valid_request_id
 from proxy.routing import DEFAULT_LIMITS, ClientLimits, RoutingTable
+from proxy.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class ServerSide(ExchangeContext, Protocol):
     @property
     def limits(self) -> ClientLimits:
         """The client limits in force now."""
+        ...
+
+    @property
+    def shadows(self) -> ShadowMirror:
+        """Where live requests are mirrored to the idle colour (proxy/shadow.py)."""
         ...
 
     def connection_opened(self, conn: ClientConnection) -> bool:
@@ -338,6 +344,10 @@ class ClientConnection(asyncio.Protocol):
         )
         if table.logs_access:
             exchange.access = self._begin_access(table, method, request)
+        if table.shadowing and route is table.live_route:
+            exchange.shadow = server.shadows.mirror(
+                table, request.head, method, url, content_length, chunked=chunked, upgrade=upgrade
+            )
         self.parsing = exchange
         self.body_remaining = content_length
         self.queue.append(exchange)

@@ -28,6 +28,7 @@ from proxy.framing import (
 from proxy.headers import LAST_CHUNK, ResponseHead, chunk, render_response_head, simple_response
 from proxy.metrics import TrafficStats
 from proxy.routing import Route, RoutingTable, Upstream
+from proxy.shadow import ShadowRequest
 from proxy.upstream import ClientWriter, UpstreamConnection, UpstreamPool
 from proxy.websocket import GOING_AWAY, FrameTracker, close_frame, is_websocket_request
 
@@ -167,6 +168,7 @@ class Exchange:
         "retries",
         "route",
         "server",
+        "shadow",
         "started_at",
         "status",
         "table",
@@ -235,6 +237,8 @@ class Exchange:
         # under uvloop, too coarse for the 0.5 ms and 1 ms buckets.
         self.started_at = perf_counter()
         self.ttfb = -1.0  # seconds to the colour's response head; -1 while there is none
+        # The request's mirror to the idle colour (proxy/shadow.py), set by the client side.
+        self.shadow: ShadowRequest | None = None
         server.stats.request_started(route.colour)
 
     @property
@@ -251,6 +255,8 @@ class Exchange:
         at once: a queue would only add latency to an overloaded colour.
         """
         self.phase = CONNECTING
+        if self.shadow is not None:
+            self.shadow.start()  # sent with the live request, never before it
         server = self.server
         limit = self.table.pool.max_inflight
         if limit and server.stats.inflight.get(self.route.colour, 0) > limit:
@@ -266,6 +272,8 @@ class Exchange:
     def request_body(self, data: bytes) -> None:
         """Forward a piece of the request body, framing it again when chunked."""
         self.bytes_in += len(data)
+        if self.shadow is not None:
+            self.shadow.request_body(data)
         parts = chunk(data) if self.body_chunked else [data]
         conn = self.conn
         if conn is not None:
@@ -398,6 +406,8 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         """Forward a piece of the response body."""
         self.bytes_out += len(data)
+        if self.shadow is not None:
+            self.shadow.live_body(data)
         if self.response_chunked:
             self.client.writelines(chunk(data))
         else:
@@ -620,6 +630,13 @@ class Exchange:
             return
         self.phase = FINISHED
         elapsed = perf_counter() - self.started_at
+        shadow = self.shadow
+        if shadow is not None:
+            self.shadow = None
+            # Only a complete answer of the colour is compared: not one the proxy wrote, nor
+            # one cut short.
+            answered = ended_by == UPSTREAM and reason is None and self.ttfb >= 0
+            shadow.live_done(status, elapsed, answered=answered)
         self.server.stats.request_finished(
             self.route.colour,
             self.route.kind,
@@ -694,6 +711,7 @@ class LocalAnswer(Exchange):
         self.access = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.shadow = None
 
     def start(self) -> None:
         """Write the answer; the connection then goes on with the next request."""

@@ -92,6 +92,9 @@ _REQUEST_SPECIAL = {
     b"x-request-id": _REQUEST_ID,
     b"traceparent": _TRACEPARENT,
     b"cookie": _COOKIE,
+    # The mark of a mirrored request (proxy/shadow.py): from a client it could make the
+    # application skip the side effects of a real request.
+    b"x-bluegreen-shadow": _DROP,
 }
 # Every lower-case name seen so far, with its kind: classifying a name (proxy-*, an underscore)
 # costs more than one dict lookup, and a proxy sees the same few dozen names again and again.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from time import monotonic
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.core import (
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 from proxy.access_log import AccessLog
 from proxy.histogram import DURATION_BUCKETS, DurationHistogram
 from proxy.preview_cookie import LINK_ACTIONS, OUTCOMES
+from proxy.shadow_compare import ShadowStats
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -63,6 +65,7 @@ class TrafficStats:
         self.connections: Callable[[], ConnectionCounts] | None = None  # set by the server
         self.preview_cookies = dict.fromkeys(OUTCOMES, 0)
         self.preview_links = dict.fromkeys(LINK_ACTIONS, 0)
+        self.shadow = ShadowStats()  # mirrored requests and their comparison
 
     def preview_cookie(self, outcome: str) -> None:
         """Count a request that carried the preview cookie, by outcome (proxy/preview_cookie.py)."""
@@ -252,6 +255,8 @@ class TrafficCollector(Collector):
             stats.preview_links,
         )
 
+        yield from _shadow_families(stats.shadow)
+
         access_log = stats.access_log
         yield CounterMetricFamily(
             "bluegreen_access_log_lines",
@@ -295,6 +300,50 @@ def _connection_families(stats: TrafficStats) -> Iterator[Metric]:
         pools.add_metric((colour, "active"), max(open_ - idle, 0))
         pools.add_metric((colour, "idle"), idle)
     yield pools
+
+
+def _shadow_families(shadow: ShadowStats) -> Iterator[Metric]:
+    """Mirrored requests per idle colour: outcomes, latency, and the figures over the window.
+
+    The families appear once a colour has had a shadow: with shadow.percent at 0 there are none.
+    """
+    if not shadow.colours:
+        return
+    requests = CounterMetricFamily(
+        "bluegreen_shadow_requests",
+        "Live requests mirrored to the idle colour, by outcome: match, mismatch, error, dropped.",
+        labels=("colour", "outcome"),
+    )
+    durations = HistogramMetricFamily(
+        "bluegreen_shadow_duration_seconds",
+        "Time the idle colour took to answer a mirrored request (answers only).",
+        labels=("colour",),
+    )
+    ratio = GaugeMetricFamily(
+        "bluegreen_shadow_latency_ratio",
+        "Shadow over live latency of the pairs both colours answered, over shadow.window.",
+        labels=("colour",),
+    )
+    bad = GaugeMetricFamily(
+        "bluegreen_shadow_mismatch_ratio",
+        "Mismatches and errors over compared shadows, over shadow.window (what the gate reads).",
+        labels=("colour",),
+    )
+    now = monotonic()
+    for colour, kept in sorted(shadow.colours.items()):
+        for outcome, n in kept.counts.items():
+            requests.add_metric((colour, outcome), n)
+        durations.add_metric((colour,), *_cumulative(kept.latency))
+        figures = kept.window.figures(now, shadow.window)
+        latency_ratio = figures.latency_ratio
+        if latency_ratio is not None:
+            ratio.add_metric((colour,), latency_ratio)
+        bad.add_metric((colour,), figures.bad_rate)
+    yield requests
+    yield durations
+    if ratio.samples:
+        yield ratio
+    yield bad
 
 
 def _counter_by(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:

@@ -187,6 +187,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """Shadow traffic to the idle colour (proxy/shadow.py) and the switch gate it feeds.
+
+    `percent` 0 turns mirroring off. Sizes in bytes, times in seconds. The gate's figures
+    (`max_mismatch_rate`, `min_requests`, over `window`) are read by the control plane.
+    """
+
+    percent: float = 0.0
+    methods: frozenset[bytes] = frozenset({b"GET", b"HEAD"})
+    max_body_size: int = 64 * 1024
+    max_inflight: int = 100
+    compare_body: bool = False
+    timeout: float = 5.0
+    max_mismatch_rate: float = 0.05
+    min_requests: int = 100
+    window: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     """One immutable snapshot of where traffic goes.
 
@@ -209,6 +228,7 @@ class RoutingTable:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     tracing: TraceSettings = field(default_factory=TraceSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)
@@ -217,6 +237,8 @@ class RoutingTable:
     # The second byte of preview.path (after the `/`): a cheap first test for the link.
     preview_path_second: int = field(init=False)
     preview_cookie: bytes = field(init=False)
+    # Whether live requests are mirrored at all: the one check the hot path makes for shadows.
+    shadowing: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if self.active not in self.upstreams:
@@ -234,6 +256,7 @@ class RoutingTable:
         object.__setattr__(self, "logs_access", self.access_log.enabled)
         object.__setattr__(self, "preview_path_second", self.preview.path_bytes[1])
         object.__setattr__(self, "preview_cookie", self.preview.cookie_bytes)
+        object.__setattr__(self, "shadowing", self.shadow.percent > 0 and self.idle is not None)
 
     @property
     def colours(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from proxy.exchange import Exchange
 from proxy.metrics import TrafficStats
 from proxy.proxy_header_reader import ProxyHeaderReader
 from proxy.routing import DEFAULT_LIMITS, LIVE, ClientLimits, RoutingTable, Upstream
+from proxy.shadow import ShadowMirror
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ProxyServer:
         self.table = table
         self.settings = settings or ServerSettings()
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
+        self.shadows = ShadowMirror(self.loop, stats.shadow)
         self.connections: set[ClientConnection] = set()
         self.tunnels: dict[ClientConnection, Exchange] = {}
         self.draining = False
@@ -78,6 +80,7 @@ class ProxyServer:
         if previous is not None and previous.active != table.active:
             self._schedule_drain(table)
         self._close_unused_pools(table)
+        self.shadows.close_unused(table)
         return previous
 
     def _configure_access_log(self, table: RoutingTable) -> None:
@@ -192,6 +195,7 @@ class ProxyServer:
         """Close every idle upstream connection."""
         for pool in self.pools.values():
             pool.close()
+        self.shadows.close()
 
     # --- internals --------------------------------------------------------------------------
 

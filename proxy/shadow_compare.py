@@ -288,10 +288,15 @@ class ShadowStats:
         kept.counts[DROPPED] += 1
         kept.window.add(now, self.window, DROPPED, 0.0, None)
 
-    def figures(self, colour: str, now: float) -> WindowFigures:
-        """The colour's counts over the last `shadow.window` (zeros for an unknown colour)."""
+    def figures(self, colour: str, now: float, window: float = 0.0) -> WindowFigures:
+        """The colour's counts over the last `window` seconds (0: `shadow.window` in force).
+
+        Zeros for a colour that had no shadow.
+        """
         kept = self.colours.get(colour)
-        return kept.window.figures(now, self.window) if kept is not None else WindowFigures()
+        if kept is None:
+            return WindowFigures()
+        return kept.window.figures(now, window or self.window)
 
     def snapshot(self, now: float) -> dict[str, object]:
         """Per-colour figures and the mismatch list, as /status shows them."""

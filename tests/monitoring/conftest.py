@@ -31,7 +31,8 @@ def promtool() -> Path:
 
 def config_text(colours: dict[str, Colour], active: str) -> str:
     """A config with fast health checks, so that rollbacks happen within a test."""
-    return breakable_config(colours, active)
+    # Every live request mirrored to the idle colour, so that the shadow families exist.
+    return breakable_config(colours, active, "shadow.percent: 100\n")
 
 
 @dataclass
