@@ -11,9 +11,17 @@ from collections.abc import Callable
 
 from controller.config import Config
 from controller.health_state import Health
-from controller.rollback import Decision, Observation, Policy, Watch, decide, preflight
+from controller.rollback import (
+    Decision,
+    Observation,
+    Policy,
+    ShadowEvidence,
+    Watch,
+    decide,
+    preflight,
+)
 from proxy.metrics import TrafficStats
-from proxy.routing import LIVE
+from proxy.routing import LIVE, ShadowSettings
 
 
 def policy_of(config: Config) -> Policy:
@@ -45,9 +53,22 @@ class SwitchGuard:
         self.baseline = (0, 0)
         self.failed: dict[str, str] = {}  # colour -> why it was rolled back or refused
 
-    def before_switch(self, target: str, policy: Policy) -> Decision:
-        """Preflight a switch to `target`."""
-        return preflight(target, self.health(target), policy)
+    def before_switch(
+        self, target: str, policy: Policy, shadow: ShadowSettings | None = None
+    ) -> Decision:
+        """Preflight a switch to `target` (with the shadow gate when `shadow` is given)."""
+        evidence = self.shadow_evidence(target, shadow) if shadow is not None else None
+        return preflight(target, self.health(target), policy, evidence)
+
+    def shadow_evidence(self, target: str, shadow: ShadowSettings) -> ShadowEvidence:
+        """What this process's shadow traffic says about `target`, over `shadow.window`."""
+        figures = self.stats.shadow.figures(target, self.clock(), shadow.window)
+        return ShadowEvidence(
+            compared=figures.compared,
+            bad_rate=figures.bad_rate,
+            max_rate=shadow.max_mismatch_rate,
+            min_requests=shadow.min_requests,
+        )
 
     def switched(self, previous: str, active: str, *, manual: bool) -> None:
         """Start watching a manual switch; an automatic one (a rollback) is not watched.

@@ -62,7 +62,7 @@ class ControlMetrics:
         self.rollbacks = Counter(
             "bluegreen_rollbacks",
             "Automatic rollbacks and refused switches, by reason: unhealthy, error_rate, "
-            "target_unhealthy.",
+            "target_unhealthy, shadow_mismatch.",
             ("reason",),
             registry=registry,
         )

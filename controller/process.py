@@ -25,7 +25,7 @@ from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
 from controller.history import recorded_reason
 from controller.metrics import ControlMetrics, build_registry
-from controller.rollback import Action, Decision, RollbackKind
+from controller.rollback import Action, Decision, RollbackKind, shadow_note
 from controller.source import ConfigSource
 from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
@@ -38,6 +38,13 @@ __all__ = ["ConfigMapSpec", "Endpoint", "ProxyProcess", "ShutdownSettings"]
 log = logging.getLogger(__name__)
 
 _UNHEALTHY: RollbackKind = "unhealthy"
+_SHADOW_MISMATCH: RollbackKind = "shadow_mismatch"
+
+
+def _event_of(decision: Decision) -> str:
+    """The Event reason of a refused switch: the colour failed its checks, or its shadows."""
+    return "ShadowMismatch" if decision.kind == _SHADOW_MISMATCH else "TargetUnhealthy"
+
 
 # How often the guard looks at the colour switched to (health and error rate since the switch).
 GUARD_INTERVAL = 0.02  # a check reads a few counters: 50 a second cost nothing
@@ -119,6 +126,7 @@ class ProxyProcess:
         self.config_applied: Config | None = None
         self.desired: tuple[Config, str] | None = None  # the source's last valid config
         self.hold: LocalHold | None = None
+        self.shadow_gate: str | None = None  # what the shadow gate said of the last switch
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -144,14 +152,23 @@ class ProxyProcess:
         self._last_rejection = None
         previous = self.state.table.active if self.state.table is not None else None
         if previous is not None and config.active != previous:
-            decision = self.guard.before_switch(config.active, policy_of(config))
+            decision = self.guard.before_switch(config.active, policy_of(config), config.shadow)
             if decision.action is Action.REFUSE:
                 if self.decides:
                     self._refuse(config, version, previous, decision)
                 else:
-                    self._hold(config, version, previous, decision, "TargetUnhealthy")
+                    self._hold(config, version, previous, decision, _event_of(decision))
                 return
+            self._note_shadow_gate(config)
         self._swap(config, version, reason=self._recorded_reason(previous, config.active))
+
+    def _note_shadow_gate(self, config: Config) -> None:
+        """Say what the shadow gate made of an allowed switch, when shadow traffic is on."""
+        if config.shadow.percent <= 0 or not config.rollback.enabled:
+            return
+        evidence = self.guard.shadow_evidence(config.active, config.shadow)
+        self.shadow_gate = shadow_note(config.active, evidence)
+        log.info("%s", self.shadow_gate)
 
     def _end_hold_if_resolved(self, config: Config) -> None:
         """End the local hold once the config no longer asks for the held colour.
@@ -191,6 +208,8 @@ class ProxyProcess:
         hold, desired = self.hold, self.desired
         if hold is None or desired is None or self.health.health(hold.colour) is not Health.HEALTHY:
             return
+        if hold.decision.kind == _SHADOW_MISMATCH:
+            return  # healthy, but it answers wrongly: held until the config changes
         log.info("colour=%s healthy again on this replica's checks: serving it", hold.colour)
         self.hold = None
         config, version = desired
@@ -247,7 +266,7 @@ class ProxyProcess:
         self.guard.mark_failed(config.active, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
         self._swap(replace(config, active=previous), version, reason=decision.reason)
-        self.source.record_decision(previous, config.active, decision, "TargetUnhealthy")
+        self.source.record_decision(previous, config.active, decision, _event_of(decision))
 
     def _roll_back(self, decision: Decision) -> None:
         config = self.config_applied
@@ -305,7 +324,24 @@ class ProxyProcess:
         desired = self.desired[0].active if self.desired is not None else None
         snapshot["desired"] = desired
         snapshot["desired_reason"] = self._why_not_desired(desired, snapshot["active"])
+        snapshot["shadow"] = self._shadow_status()
         return snapshot
+
+    def _shadow_status(self) -> dict[str, Any]:
+        """Shadow figures per idle colour, the mismatching paths, and the gate's settings."""
+        config = self.config_applied
+        shadow = self.stats.shadow
+        document = shadow.snapshot(time.monotonic())
+        if config is not None:
+            settings = config.shadow
+            document["percent"] = settings.percent
+            document["window_seconds"] = settings.window
+            document["gate"] = {
+                "max_mismatch_rate": settings.max_mismatch_rate,
+                "min_requests": settings.min_requests,
+                "last": self.shadow_gate,
+            }
+        return document
 
     def _why_not_desired(self, desired: str | None, served: str | None) -> str | None:
         if desired is None or desired == served:

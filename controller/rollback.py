@@ -13,7 +13,7 @@ from typing import Literal
 from controller.health_state import Health
 
 # Why a rollback or refusal happened: the `reason` label of bluegreen_rollbacks_total.
-RollbackKind = Literal["unhealthy", "error_rate", "target_unhealthy"]
+RollbackKind = Literal["unhealthy", "error_rate", "target_unhealthy", "shadow_mismatch"]
 
 
 class Action(enum.Enum):
@@ -21,7 +21,7 @@ class Action(enum.Enum):
 
     NOTHING = "nothing"
     ROLLBACK = "rollback"  # switch back to the previous colour
-    REFUSE = "refuse"  # a switch to an unhealthy colour: never route to it
+    REFUSE = "refuse"  # a switch to an unhealthy (or mismatching) colour: never route to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +66,56 @@ class Decision:
 NOTHING = Decision(Action.NOTHING)
 
 
-def preflight(target: str, target_health: Health, policy: Policy) -> Decision:
+@dataclass(frozen=True, slots=True)
+class ShadowEvidence:
+    """What shadow traffic says about the target colour, and the gate's `shadow.*` limits."""
+
+    compared: int  # comparisons over shadow.window (drops are not comparisons)
+    bad_rate: float  # mismatches and errors over `compared`
+    max_rate: float  # shadow.maxMismatchRate
+    min_requests: int  # shadow.minRequests
+
+
+def preflight(
+    target: str, target_health: Health, policy: Policy, shadow: ShadowEvidence | None = None
+) -> Decision:
     """Decide on a switch before it happens: refuse one to a colour failing its checks.
 
     A colour whose health is still unknown is allowed: refusing it would block every switch
-    made before the first probes have answered.
+    made before the first probes have answered. A healthy colour is refused too when its
+    shadow traffic mismatched the live answers above `shadow.maxMismatchRate` over at least
+    `shadow.minRequests` comparisons; with fewer it is allowed (see `shadow_note`).
     """
-    if policy.enabled and target_health is Health.UNHEALTHY:
+    if not policy.enabled:
+        return NOTHING
+    if target_health is Health.UNHEALTHY:
         return Decision(Action.REFUSE, None, f"refused: {target} unhealthy", "target_unhealthy")
+    if (
+        shadow is not None
+        and shadow.compared >= shadow.min_requests
+        and shadow.bad_rate > shadow.max_rate
+    ):
+        return Decision(
+            Action.REFUSE,
+            None,
+            f"refused: {target} shadow mismatch {shadow.bad_rate:.2f} over "
+            f"{shadow.compared} requests",
+            "shadow_mismatch",
+        )
     return NOTHING
+
+
+def shadow_note(target: str, shadow: ShadowEvidence) -> str:
+    """Say what the shadow gate made of an allowed switch, for the log and /status."""
+    if shadow.compared < shadow.min_requests:
+        return (
+            f"shadow gate: {target} allowed with too few comparisons ({shadow.compared}, "
+            f"shadow.minRequests is {shadow.min_requests})"
+        )
+    return (
+        f"shadow gate: {target} passed, mismatch {shadow.bad_rate:.2f} over "
+        f"{shadow.compared} requests (limit {shadow.max_rate:g})"
+    )
 
 
 def decide(watch: Watch | None, observation: Observation, policy: Policy) -> Decision:

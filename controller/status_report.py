@@ -98,12 +98,38 @@ def render_text(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shadow_lines(shadow: dict[str, Any]) -> list[str]:
+    """Shadow figures per idle colour over the window, and the paths that mismatch most."""
+    lines: list[str] = []
+    window_seconds = shadow.get("window_seconds") or 0
+    for colour, figures in (shadow.get("colours") or {}).items():
+        window = figures.get("window") or {}
+        ratio = window.get("latency_ratio")
+        latency = f", latency x{ratio:.2f} of live" if ratio is not None else ""
+        lines.append(
+            f"  {colour:<12}shadow {window.get('compared', 0)} compared in {window_seconds:g}s: "
+            f"mismatch or error {window.get('mismatch_or_error_rate', 0.0):.2f}, "
+            f"dropped {window.get('dropped', 0)}{latency}"
+        )
+        for path in (figures.get("mismatching_paths") or [])[:5]:
+            shadow_answer = path.get("shadow_status") or path.get("what")
+            lines.append(
+                f"    {path.get('count'):>6} x {path.get('path')}  "
+                f"live {path.get('live_status')}, {colour} {shadow_answer} ({path.get('what')})"
+            )
+    gate = shadow.get("gate") or {}
+    if gate.get("last"):
+        lines.append(f"  {gate['last']}")
+    return lines
+
+
 def _running_lines(running: dict[str, Any]) -> list[str]:
     """What one running proxy reports: its colour, health per colour, last switches."""
     lines = [f"running proxy active={running['active']} version={running['config_version']}"]
     for colour, detail in (running.get("colours") or {}).items():
         why = f" ({detail['health_error']})" if detail.get("health_error") else ""
         lines.append(f"  {colour:<12}health {detail.get('health', 'unknown')}{why}")
+    lines.extend(_shadow_lines(running.get("shadow") or {}))
     if running.get("last_error"):
         lines.append(f"last rejected config: {running['last_error']}")
     for record in (running.get("switches") or [])[:5]:

@@ -157,6 +157,7 @@ class BreakableColour:
         self.name = name
         self.healthy = True
         self.failing = False
+        self.failing_under: str | None = None  # pages under this path answer 500 too
         self.port = 0
 
     @property
@@ -174,7 +175,9 @@ class BreakableColour:
             return web.Response(status=200)  # never sent: the connection is gone
 
         async def page(request: web.Request) -> web.Response:
-            return web.Response(status=500 if self.failing else 200, text=f"{self.name}\n")
+            under = self.failing_under
+            failing = self.failing or (under is not None and request.path.startswith(under))
+            return web.Response(status=500 if failing else 200, text=f"{self.name}\n")
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)
