@@ -87,8 +87,12 @@ def test_green_failing_after_the_switch_is_rolled_back_once(
         ]
         assert len(new_events) == 1, new_events
         assert new_events[0]["message"].startswith(expected), new_events
-        # The switch was a plain PATCH, which writes no history: the rollback is all there is.
-        assert len(example.history()) == 1, example.history()
+        # The switch was a plain PATCH: the leader recorded it as observed (so that `bluegreen
+        # rollback` knows the previous colour), and the rollback came after it.
+        switched, rolled_back = example.history()[1], example.history()[0]
+        assert rolled_back == rollbacks[0], example.history()
+        assert (switched["from"], switched["to"], switched["reason"]) == ("blue", "green", "manual")
+        assert switched["by"].startswith("observed by "), switched
     finally:
         for ip in green.values():
             with contextlib.suppress(OSError):
