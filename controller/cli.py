@@ -450,11 +450,17 @@ def _waited(args: argparse.Namespace, result: SwitchResult) -> int:
                 admins=admins,
                 admin_service=args.admin_service,
                 context=args.context,
+                progress=_show_progress,
             )
         )
     except (KubeconfigError, KubeError, OSError) as error:
         return _fail(f"cannot wait for the replicas: {error}")
     return _said(outcome.served, outcome.decided, outcome.message)
+
+
+def _show_progress(waiting: str) -> None:
+    # On stderr, as it changes: a switch to a scaled-down colour waits for its scale-up.
+    print(f"waiting: {waiting}", file=sys.stderr, flush=True)
 
 
 def _said(served: bool, decided: bool, message: str) -> int:

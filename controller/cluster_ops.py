@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,11 +204,12 @@ async def wait_configmap_switch(
     admins: Sequence[str] = (),
     admin_service: str = ADMIN_SERVICE,
     context: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> WaitResult:
     """Wait until every ready replica serves `result.current`, or a decision says it won't.
 
     The replicas are the ready pods behind `admin_service` (read through the API server's pod
-    proxy), or the `admins` URLs when given.
+    proxy), or the `admins` URLs when given; `progress` hears why they wait, as it changes.
     """
     colour = result.current
     own = (
@@ -235,7 +236,7 @@ async def wait_configmap_switch(
                 return await replicas_at(session, admins)
             return await replicas_behind(api, ref.namespace, admin_service)
 
-        return await wait_for_switch(colour, observe, replicas, timeout)
+        return await wait_for_switch(colour, observe, replicas, timeout, progress=progress)
 
 
 async def wait_file_switch(

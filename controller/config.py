@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from controller.config_keys import KEYS, KNOWN_KEYS, UPSTREAM_PREFIX, Key
+from controller.config_keys import KEYS, KNOWN_KEYS, SCALE_WORKLOAD_KEY, UPSTREAM_PREFIX, Key
 from controller.health_state import ProbeSettings
 from controller.rollback import Policy
-from controller.values import URL, check_colour, split_http_url
+from controller.scale_plan import SCALE_PREFIX, ScaleSettings
+from controller.values import URL, WORKLOAD, check_colour, split_http_url
 from proxy.access_log import AccessLogSettings, refused_headers
 from proxy.routing import (
     ClientLimits,
@@ -42,9 +43,9 @@ from proxy.routing import (
     Upstream,
 )
 
-_SETTING_KEYS = frozenset(KNOWN_KEYS) - {"upstream.<colour>"}
+_SETTING_KEYS = frozenset(KNOWN_KEYS) - {"upstream.<colour>", SCALE_WORKLOAD_KEY}
 # Read before the table loop, in this order, because the rest refers to the colours.
-_COLOUR_KEYS = frozenset({"active", "upstream.<colour>"})
+_COLOUR_KEYS = frozenset({"active", "upstream.<colour>", SCALE_WORKLOAD_KEY})
 # Each key's default, parsed once; a default that does not parse fails at import, loudly.
 _DEFAULTS: Mapping[str, object] = MappingProxyType(
     {key.name: key.kind.parse(key.default) for key in KEYS if key.default is not None}
@@ -95,6 +96,7 @@ class Config:
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     tracing: TraceSettings = field(default_factory=TraceSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    scale: ScaleSettings = field(default_factory=ScaleSettings)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -179,6 +181,14 @@ def parse_config(data: Mapping[str, object]) -> Config:
         else:
             value = read.value(key)
         (sections[key.section] if key.section else top)[key.field] = value
+    # A colour that is not configured is reported by the cross-checks, its value left unread.
+    sections["scale"]["workloads"] = {
+        key.removeprefix(SCALE_PREFIX): (
+            read.text(key, WORKLOAD.parse) if key.removeprefix(SCALE_PREFIX) in colours else ""
+        )
+        for key in settings
+        if _is_scale_workload(key)
+    }
     config = Config(
         active=active or "",
         upstreams=upstreams,
@@ -223,6 +233,49 @@ def _cross_checks(config: Config, failed: set[str]) -> list[str]:
                 f"accessLog.headers: {', '.join(refused)} is the preview header (preview.header), "
                 "whose value may be the preview token; it is never logged, remove it"
             )
+    problems += _scale_checks(config, failed)
+    return problems
+
+
+def _is_scale_workload(key: str) -> bool:
+    return key.startswith(SCALE_PREFIX) and key not in _SETTING_KEYS
+
+
+def _scale_checks(config: Config, failed: set[str]) -> list[str]:
+    """The scale.* keys against the colours and the rollback window."""
+    problems = []
+    scale = config.scale
+    for colour, name in scale.workloads.items():
+        if colour not in config.upstreams:
+            key = f"{SCALE_PREFIX}{colour}"
+            close = difflib.get_close_matches(key, sorted(_SETTING_KEYS), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}? " if close else ""
+            problems.append(
+                f"{key}: {colour!r} is not one of the colours (upstream.<colour>); {hint}"
+                f"known colours: {', '.join(config.upstreams) or 'none yet'}"
+            )
+        shared = [c for c, n in scale.workloads.items() if n == name and n and c != colour]
+        if shared and colour < shared[0]:
+            problems.append(
+                f"{SCALE_PREFIX}{colour} and {SCALE_PREFIX}{shared[0]} both name "
+                f"deployment/{name}; each colour needs a Deployment of its own"
+            )
+    if scale.idle_replicas is not None and not scale.workloads:
+        problems.append(
+            "scale.idleReplicas is set but no colour names its Deployment; add "
+            "scale.<colour>: deployment/NAME for each colour (e.g. scale.blue: deployment/myapp-v1)"
+        )
+    window = config.rollback.window
+    if (
+        scale.after is not None
+        and not failed & {"scale.after", "rollback.window"}
+        and scale.after < window
+    ):
+        problems.append(
+            f"scale.after: {_seconds(scale.after)} is shorter than rollback.window "
+            f"({_seconds(window)}); the old colour must stay at full size while an automatic "
+            "rollback can still go back to it: raise scale.after, or remove it to use the window"
+        )
     return problems
 
 
@@ -238,9 +291,15 @@ def _read_keys(
             problems.append(f"{key!r}: keys must be text, such as health.path")
             continue
         is_upstream = key.startswith(UPSTREAM_PREFIX)
-        if not is_upstream and key not in _SETTING_KEYS:
+        if not is_upstream and key not in _SETTING_KEYS and not _is_scale_workload(key):
             problems.append(_unknown_key(key, value))
             continue
+        if _is_scale_workload(key):
+            try:
+                check_colour(key.removeprefix(SCALE_PREFIX))
+            except ValueError:
+                problems.append(_unknown_key(key, value))
+                continue
         if is_upstream:
             colour = key.removeprefix(UPSTREAM_PREFIX)
             try:
@@ -312,13 +371,13 @@ class _Reader:
     def value(self, key: Key) -> object:
         """Return the key's parsed value, or its default when absent or (reported) invalid."""
         if key.name not in self.values:
-            return _DEFAULTS[key.name]
+            return _DEFAULTS.get(key.name)  # None for a key whose default is derived
         try:
             return key.kind.parse(self.values[key.name])
         except ValueError as error:
             self.problems.append(f"{key.name}: {error}")
             self.failed.add(key.name)
-            return _DEFAULTS[key.name]
+            return _DEFAULTS.get(key.name)
 
     def text(self, name: str, parse: Callable[[str], str]) -> str:
         """Return the parsed text of a key without a default (an upstream URL); "" if unusable."""

@@ -27,6 +27,7 @@ from controller.values import (
     FRACTION,
     HEADER,
     HEADER_NAMES,
+    IDLE_REPLICAS,
     KEY_FILE,
     LINK_PATH,
     LOG_FORMAT,
@@ -41,10 +42,14 @@ from controller.values import (
     SIZE,
     STATUS_FLOOR,
     URL,
+    WORKLOAD,
     ValueKind,
 )
 
 UPSTREAM_PREFIX = "upstream."
+# `scale.<colour>` shares its prefix with the scale.* settings; colours are lower-case, the
+# settings are not all, and a setting's name always wins.
+SCALE_WORKLOAD_KEY = "scale.<colour>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +354,34 @@ KEYS: tuple[Key, ...] = (
         "10000",
         "access_log.buffer_size",
         "lines waiting for stdout; past it new lines are dropped and counted",
+    ),
+    Key(
+        SCALE_WORKLOAD_KEY,
+        WORKLOAD,
+        None,
+        "scale.workloads",
+        "deployment/NAME behind a colour's Service, scaled down while the colour is idle",
+    ),
+    Key(
+        "scale.idleReplicas",
+        IDLE_REPLICAS,
+        "off",
+        "scale.idle_replicas",
+        "replicas an idle colour keeps once a switch has held (off: never scale)",
+    ),
+    Key(
+        "scale.after",
+        DURATION,
+        None,
+        "scale.after",
+        "how long a switch must hold before the old colour is scaled down",
+    ),
+    Key(
+        "scale.timeout",
+        DURATION,
+        "5m",
+        "scale.timeout",
+        "longest wait for a scaled-down colour to be ready before a switch to it",
     ),
     Key(
         "tracing.generate",

@@ -242,12 +242,13 @@ class KubeClient:
         self,
         resource_version: str,
         data: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str | None] | None = None,
     ) -> ConfigMapVersion:
         """Merge-patch data keys and annotations, only if the ConfigMap is still at that version.
 
-        The resourceVersion in the patch makes the API server refuse it with 409 when anything
-        wrote in between, so of several writers deciding on the same version exactly one wins.
+        An annotation given as None is removed. The resourceVersion in the patch makes the API
+        server refuse it with 409 when anything wrote in between, so of several writers deciding
+        on the same version exactly one wins.
         """
         metadata: dict[str, Any] = {"resourceVersion": resource_version}
         if annotations:
@@ -268,16 +269,24 @@ class KubeClient:
         return _version(await _json(raw, f"patching ConfigMap {self.ref}"))
 
     async def event(
-        self, version: ConfigMapVersion, reason: str, message: str, *, warning: bool = False
+        self,
+        version: ConfigMapVersion,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        about: str = "",
     ) -> bool:
-        """Record an Event on the ConfigMap, once per ConfigMap version and reason.
+        """Record an Event on the ConfigMap, once per ConfigMap version, reason and `about`.
 
-        The name is derived from the ConfigMap's name, resourceVersion and reason, so when every
-        replica reports the same version, the first create wins and the rest get 409 and return
-        False.
+        The name is derived from the ConfigMap's name, resourceVersion, reason (and `about`,
+        such as a colour, when one version may see several), so when every replica reports the
+        same version, the first create wins and the rest get 409 and return False.
         """
         now = datetime.now(UTC)
         name = f"{self.ref.name}.{version.resource_version}.{reason.lower()}"
+        if about:
+            name += f".{about}"
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=name, namespace=self.ref.namespace),
             involved_object=client.V1ObjectReference(
@@ -362,3 +371,140 @@ async def pod_get(api: client.ApiClient, namespace: str, pod: ReadyPod, path: st
         raise _translate(error, f"reading {path} of pod {namespace}/{pod.name}") from error
     body: bytes = await raw.read()
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentScale:
+    """A Deployment's replica count as its `scale` subresource says, and what is ready."""
+
+    name: str
+    replicas: int  # spec.replicas
+    resource_version: str  # of the Deployment: a guarded scale write fails if it moved
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentReplicas:
+    """What a Deployment asks for and what runs, from its status."""
+
+    desired: int  # spec.replicas
+    ready: int  # status.readyReplicas
+    updated: int  # status.updatedReplicas: pods of the current template
+    # status.observedGeneration has caught up with metadata.generation: the counts above are
+    # about the current spec (just after a scale write they may still be the old one's).
+    observed: bool = True
+
+
+class Deployments:
+    """The Deployments behind the colours, in one namespace: scale, status, autoscalers.
+
+    Replica counts change only through the `scale` subresource, which can change nothing else.
+    """
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.apps = client.AppsV1Api(api)
+
+    async def scale(self, name: str) -> DeploymentScale:
+        """Read the Deployment's `scale` subresource."""
+        what = f"reading deployments/{name}/scale in {self.namespace}"
+        try:
+            raw: Any = await self.apps.read_namespaced_deployment_scale(
+                name, self.namespace, _preload_content=False
+            )
+        except ApiException as error:
+            raise _translate(error, what) from error
+        body = await _json(raw, what)
+        return DeploymentScale(
+            name,
+            int((body.get("spec") or {}).get("replicas") or 0),
+            str((body.get("metadata") or {}).get("resourceVersion", "")),
+        )
+
+    async def set_replicas(self, name: str, replicas: int, resource_version: str = "") -> int:
+        """Merge-patch the `scale` subresource's replicas (guarded when a version is given)."""
+        what = f"scaling deployments/{name} in {self.namespace} to {replicas}"
+        body: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            raw: Any = await self.apps.patch_namespaced_deployment_scale(
+                name,
+                self.namespace,
+                body,
+                _content_type=MERGE_PATCH,  # type: ignore[call-arg]  # accepted, not in the stubs
+                _preload_content=False,
+            )
+        except ApiException as error:
+            raise _translate(error, what) from error
+        written = await _json(raw, what)
+        return int((written.get("spec") or {}).get("replicas") or 0)
+
+    async def replicas(self, name: str) -> DeploymentReplicas:
+        """Read the Deployment's desired, ready and updated replicas."""
+        what = f"reading deployments/{name} in {self.namespace}"
+        try:
+            raw: Any = await self.apps.read_namespaced_deployment(
+                name, self.namespace, _preload_content=False
+            )
+        except ApiException as error:
+            raise _translate(error, what) from error
+        body = await _json(raw, what)
+        status = body.get("status") or {}
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        return DeploymentReplicas(
+            int((body.get("spec") or {}).get("replicas") or 0),
+            int(status.get("readyReplicas") or 0),
+            int(status.get("updatedReplicas") or 0),
+            int(status.get("observedGeneration") or 0) >= generation,
+        )
+
+    async def autoscalers_of(self, name: str) -> list[str]:
+        """Names of the HorizontalPodAutoscalers whose target is this Deployment."""
+        what = f"listing horizontalpodautoscalers in {self.namespace}"
+        autoscaling = client.AutoscalingV1Api(self.api)
+        try:
+            raw: Any = await autoscaling.list_namespaced_horizontal_pod_autoscaler(
+                self.namespace, _preload_content=False
+            )
+        except ApiException as error:
+            raise _translate(error, what) from error
+        listing = await _json(raw, what)
+        names = []
+        for item in listing.get("items") or []:
+            target = (item.get("spec") or {}).get("scaleTargetRef") or {}
+            if target.get("kind") == "Deployment" and target.get("name") == name:
+                names.append(str((item.get("metadata") or {}).get("name", "")))
+        return sorted(names)
+
+    async def allowed(self, verb: str, resource: str, name: str = "") -> bool:
+        """Whether this identity may `verb` a resource (`deployments/scale`...) in the namespace.
+
+        Asked with a SelfSubjectAccessReview, which every authenticated user may create.
+        """
+        group_resource, _, subresource = resource.partition("/")
+        group = "autoscaling" if group_resource == "horizontalpodautoscalers" else "apps"
+        attributes: dict[str, Any] = {
+            "namespace": self.namespace,
+            "verb": verb,
+            "group": group,
+            "resource": group_resource,
+        }
+        if subresource:
+            attributes["subresource"] = subresource
+        if name:
+            attributes["name"] = name
+        body: Any = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        what = f"asking whether this identity may {verb} {resource} {name}".rstrip()
+        try:
+            raw: Any = await client.AuthorizationV1Api(self.api).create_self_subject_access_review(
+                body, _preload_content=False
+            )
+        except ApiException as error:
+            raise _translate(error, what) from error
+        review = await _json(raw, what)
+        return bool((review.get("status") or {}).get("allowed"))

@@ -62,7 +62,7 @@ class ControlMetrics:
         self.rollbacks = Counter(
             "bluegreen_rollbacks",
             "Automatic rollbacks and refused switches, by reason: unhealthy, error_rate, "
-            "target_unhealthy, shadow_mismatch.",
+            "target_unhealthy, shadow_mismatch, scale_up_timeout.",
             ("reason",),
             registry=registry,
         )
@@ -84,6 +84,26 @@ class ControlMetrics:
             "bluegreen_leader",
             "1 while this process makes the switch and rollback decisions: it holds the Lease "
             "(with a ConfigMap), always 1 from a config file.",
+            registry=registry,
+        )
+        self.colour_desired_replicas = Gauge(
+            "bluegreen_colour_desired_replicas",
+            "spec.replicas of the Deployment behind a colour (scale.<colour>), as read every "
+            "second; absent for colours without one.",
+            ("colour",),
+            registry=registry,
+        )
+        self.colour_ready_replicas = Gauge(
+            "bluegreen_colour_ready_replicas",
+            "Ready replicas of the Deployment behind a colour (status.readyReplicas).",
+            ("colour",),
+            registry=registry,
+        )
+        self.colour_scaled_down = Gauge(
+            "bluegreen_colour_scaled_down",
+            "1 while bluegreen has scaled a colour down (its count recorded in the ConfigMap, to "
+            "be restored before a switch to it), 0 otherwise.",
+            ("colour",),
             registry=registry,
         )
         # Every label value exists from the start at 0, so that increase() sees the first one.

@@ -26,6 +26,7 @@ from controller.health_state import Health, HealthState
 from controller.history import recorded_reason
 from controller.metrics import ControlMetrics, build_registry
 from controller.rollback import Action, Decision, RollbackKind, shadow_note
+from controller.scaling import ScaleHost, Scaler
 from controller.source import ConfigSource
 from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
@@ -127,6 +128,22 @@ class ProxyProcess:
         self.desired: tuple[Config, str] | None = None  # the source's last valid config
         self.hold: LocalHold | None = None
         self.shadow_gate: str | None = None  # what the shadow gate said of the last switch
+        # Scaling the idle colour (scale.* keys) needs the API server: only with a ConfigMap.
+        self.scaler = (
+            Scaler(
+                ScaleHost(
+                    self._decides,
+                    self._served,
+                    self._desired_config,
+                    self.health.health,
+                    self._refuse_scaled_switch,
+                ),
+                self.source,
+                self.metrics,
+            )
+            if isinstance(self.source, ConfigMapSource)
+            else None
+        )
         self._health_shown: set[str] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -152,6 +169,13 @@ class ProxyProcess:
         self._last_rejection = None
         previous = self.state.table.active if self.state.table is not None else None
         if previous is not None and config.active != previous:
+            waiting = self.scaler.waits_for(config) if self.scaler is not None else None
+            if waiting is not None:
+                # Scaled down by bluegreen: serve `previous` until the Lease holder has scaled
+                # it up and removed the record (a new version of the ConfigMap).
+                log.info("switch to colour=%s waits: %s", config.active, waiting)
+                self._swap(replace(config, active=previous), version, reason="manual")
+                return
             decision = self.guard.before_switch(config.active, policy_of(config), config.shadow)
             if decision.action is Action.REFUSE:
                 if self.decides:
@@ -268,6 +292,26 @@ class ProxyProcess:
         self._swap(replace(config, active=previous), version, reason=decision.reason)
         self.source.record_decision(previous, config.active, decision, _event_of(decision))
 
+    def _decides(self) -> bool:
+        return self.decides
+
+    def _served(self) -> str | None:
+        return self.state.table.active if self.state.table is not None else None
+
+    def _desired_config(self) -> Config | None:
+        return self.desired[0] if self.desired is not None else None
+
+    def _refuse_scaled_switch(self, colour: str, reason: str) -> None:
+        """A switch to a scaled-down colour that did not get ready in time: traffic stays."""
+        served = self._served()
+        if served is None or not self.decides:
+            return
+        self.state.refused(served, colour, reason)
+        self.guard.mark_failed(colour, reason)
+        self.metrics.rollbacks.labels("scale_up_timeout").inc()
+        decision = Decision(Action.REFUSE, None, reason, "scale_up_timeout")
+        self.source.record_decision(served, colour, decision, "ScaleUpTimedOut")
+
     def _roll_back(self, decision: Decision) -> None:
         config = self.config_applied
         table = self.state.table
@@ -325,6 +369,8 @@ class ProxyProcess:
         snapshot["desired"] = desired
         snapshot["desired_reason"] = self._why_not_desired(desired, snapshot["active"])
         snapshot["shadow"] = self._shadow_status()
+        if self.scaler is not None:
+            snapshot["scale"] = self.scaler.status()
         return snapshot
 
     def _shadow_status(self) -> dict[str, Any]:
@@ -346,6 +392,9 @@ class ProxyProcess:
     def _why_not_desired(self, desired: str | None, served: str | None) -> str | None:
         if desired is None or desired == served:
             return None
+        waiting = self.scaler.waits_for(self.desired[0]) if self.scaler and self.desired else None
+        if waiting is not None:
+            return waiting
         hold = self.hold
         if hold is not None and hold.colour == desired:
             return f"{hold.decision.reason} (this replica's health checks)"
@@ -411,6 +460,7 @@ class ProxyProcess:
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
         watch = asyncio.create_task(source.run(), name="config-source")
         guard = asyncio.create_task(self._guard_loop(), name="switch-guard")
+        scaling = asyncio.create_task(self.scaler.run(), name="scaling") if self.scaler else None
         self._install_signal_handlers()
         log.info(
             "serving proxy=%s:%d admin=%s:%d source=%s",
@@ -425,6 +475,8 @@ class ProxyProcess:
             await self.stopping.wait()
         finally:
             guard.cancel()
+            if scaling is not None:
+                scaling.cancel()
             # Before the drain, so another replica decides while this one finishes.
             await source.resign()
             await self._shutdown(watch, admin_runner)

@@ -13,7 +13,9 @@ from typing import Literal
 from controller.health_state import Health
 
 # Why a rollback or refusal happened: the `reason` label of bluegreen_rollbacks_total.
-RollbackKind = Literal["unhealthy", "error_rate", "target_unhealthy", "shadow_mismatch"]
+RollbackKind = Literal[
+    "unhealthy", "error_rate", "target_unhealthy", "shadow_mismatch", "scale_up_timeout"
+]
 
 
 class Action(enum.Enum):

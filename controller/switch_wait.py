@@ -104,16 +104,20 @@ async def wait_for_switch(
     observe: Callable[[], Awaitable[Observed]],
     replicas: Callable[[], Awaitable[list[ReplicaState]]],
     timeout: float,
+    *,
     poll: float = 0.2,
+    progress: Callable[[str], None] | None = None,
 ) -> WaitResult:
     """Poll `observe` and `replicas` until `verdict` says the wait is over, or `timeout`.
 
     A failed read (OSError, or what the callers turn into one) is retried until the timeout;
-    the last one is named in the timeout's message.
+    the last one is named in the timeout's message. `progress` is told, whenever it changes,
+    why replicas do not serve `colour` yet (a scale-up's ready replicas, say).
     """
     deadline = time.monotonic() + timeout
     seen: list[ReplicaState] = []
     problem = ""
+    shown = ""
     while True:
         try:
             observed = await observe()
@@ -125,6 +129,10 @@ async def wait_for_switch(
             result = verdict(colour, observed, seen)
             if result is not None:
                 return result
+            waiting = "; ".join(r.describe() for r in seen if r.active != colour and r.reason)
+            if progress is not None and waiting and waiting != shown:
+                progress(waiting)
+            shown = waiting
         if time.monotonic() >= deadline:
             return WaitResult(False, _timed_out(colour, timeout, seen, problem))
         await asyncio.sleep(poll)

@@ -437,6 +437,43 @@ def parse_methods(text: str) -> frozenset[bytes]:
     return frozenset(methods)
 
 
+# A Deployment's name: a DNS subdomain (RFC 1123), as Kubernetes requires.
+_OBJECT_NAME = re.compile(r"[a-z0-9](?:[-.a-z0-9]*[a-z0-9])?")
+
+
+def parse_workload(text: str) -> str:
+    """Return NAME of `deployment/NAME` (the Deployment backing a colour, same namespace).
+
+    Only Deployments are scaled: `deploy/NAME` and `deployments/NAME` (kubectl's spellings)
+    are read the same way; any other kind is refused with the reason.
+    """
+    kind, sep, name = text.strip().partition("/")
+    if not sep or kind.lower() not in ("deployment", "deploy", "deployments"):
+        raise ValueError(
+            f"{text!r} is not deployment/NAME; name the Deployment that backs the colour, "
+            "e.g. deployment/myapp-v1 (only Deployments are scaled)"
+        )
+    if len(name) > 253 or _OBJECT_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"{text!r}: {name!r} is not a Deployment name (lower-case letters, digits, '-' and "
+            "'.'), e.g. deployment/myapp-v1"
+        )
+    return name
+
+
+def parse_idle_replicas(text: str) -> int | None:
+    """Return the replicas an idle colour keeps (0 or more), or None for `off` (never scale)."""
+    word = text.strip().lower()
+    if word == "off":
+        return None
+    if not word.isdigit():
+        raise ValueError(
+            f"{text!r} is not off or a number of replicas; use off (never scale), 0 (scale the "
+            "idle colour to zero) or the warm replicas to keep, e.g. 2"
+        )
+    return int(word)
+
+
 @dataclass(frozen=True, slots=True)
 class ValueKind(Generic[_T_co]):
     """A kind of value: the type name docs/configuration.md uses, and its parser."""
@@ -467,3 +504,5 @@ STATUS_FLOOR = ValueKind("status or 0", parse_status_floor)
 HEADER_NAMES = ValueKind("header names", parse_header_names)
 PERCENT = ValueKind("percent", parse_percent)
 METHODS = ValueKind("methods", parse_methods)
+WORKLOAD = ValueKind("workload", parse_workload)
+IDLE_REPLICAS = ValueKind("replicas or off", parse_idle_replicas)

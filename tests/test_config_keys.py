@@ -17,8 +17,8 @@ from controller.config_keys import KEYS, KNOWN_KEYS, Key
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 SETTINGS = [key for key in KEYS if key.default is not None]
-# Read before the table is walked (they need the colours); they have no default.
-COLOUR_KEYS = {"active", "upstream.<colour>", "preview.colour"}
+# Read before the table is walked (they need the colours), or derived from other keys: no default.
+COLOUR_KEYS = {"active", "upstream.<colour>", "preview.colour", "scale.<colour>", "scale.after"}
 
 
 def doc_rows() -> dict[str, list[str]]:

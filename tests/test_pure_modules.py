@@ -12,6 +12,7 @@ PURE = (
     "controller.health_state",
     "controller.history",
     "proxy.shadow_compare",
+    "controller.scale_plan",
 )
 IO_LIBRARIES = ("aiohttp", "kubernetes_asyncio", "prometheus_client", "yaml")
 

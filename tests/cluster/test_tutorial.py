@@ -102,7 +102,8 @@ def test_the_tutorial_from_the_plain_service_to_bluegreen(cluster: Cluster) -> N
     subprocess.run([*bluegreen, "switch", "green", *env_args], check=True, timeout=60)
     wait_until("green for good", lambda: serves(url, "green v2"), 30)
 
-    # Remove the old colour, as the tutorial ends; green keeps serving.
+    # Remove the old colour by hand (step 8 has bluegreen scale it down instead); green keeps
+    # serving.
     kubectl("delete", "deployment", "myapp-v1")
     assert versions(url, 50) == Counter({"green v2": 50})
     history = json.loads(kubectl("get", "configmap", "bluegreen", "-o", "json"))
