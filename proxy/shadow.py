@@ -77,7 +77,7 @@ class ShadowMirror:
         self.loop = loop
         self.stats = stats
         self.pools: dict[tuple[str, int], UpstreamPool] = {}
-        self.inflight = 0
+        self.active: set[ShadowRequest] = set()  # sent or waiting to be, not finished
         # Sampling by credit, not at random: 10% mirrors exactly every tenth eligible request,
         # with no random number drawn per request.
         self.credit = 0.0
@@ -131,6 +131,11 @@ class ShadowMirror:
             settings=settings,
         )
 
+    @property
+    def inflight(self) -> int:
+        """Shadows made and not finished: what `shadow.maxInflight` bounds."""
+        return len(self.active)
+
     def pool_for(self, upstream: Upstream, table: RoutingTable) -> UpstreamPool:
         """The shadows' own keep-alive pool for an idle address, made on first use."""
         key = (upstream.host, upstream.port)
@@ -153,7 +158,9 @@ class ShadowMirror:
             self.pools.pop(key).close()
 
     def close(self) -> None:
-        """Close every idle shadow connection and stop connection attempts (shutdown)."""
+        """End every shadow in flight (counted as dropped) and close the pools (shutdown)."""
+        for shadow in list(self.active):
+            shadow.abandon()
         for pool in self.pools.values():
             pool.close()
         for task in list(self.tasks):
@@ -207,7 +214,7 @@ class ShadowRequest:
         body_size: int,
         settings: ShadowSettings,
     ) -> None:
-        mirror.inflight += 1
+        mirror.active.add(self)
         self.mirror = mirror
         self.table = table
         self.colour = colour
@@ -284,6 +291,16 @@ class ShadowRequest:
             self._finish(None)
             return
         self._compare()
+
+    def abandon(self) -> None:
+        """End the shadow now, uncompared (the proxy shuts down)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self._finish(None)
 
     # --- what an UpstreamConnection calls ---------------------------------------------------
 
@@ -400,7 +417,7 @@ class ShadowRequest:
         if self.done:
             return
         self.done = True
-        self.mirror.inflight -= 1
+        self.mirror.active.discard(self)
         self.body = []
         self.digest = None
         deadline, self.deadline = self.deadline, None

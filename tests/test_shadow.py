@@ -403,3 +403,18 @@ async def test_the_shadow_families_are_exported(proxies: Proxies) -> None:
     assert sample("bluegreen_shadow_mismatch_ratio") == 0.5
     ratio = sample("bluegreen_shadow_latency_ratio")
     assert ratio is not None and ratio > 0
+
+
+async def test_shutdown_ends_the_shadows_in_flight(proxies: Proxies) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    live = Recorder(answering(b"blue"))
+    setup = await proxies.start(live.handle, silent, ShadowSettings(percent=100, timeout=30.0))
+    await live_load(setup, 10, concurrency=2)
+    await wait_for(lambda: shadow_connections(setup) == 10, 2, "ten shadows waiting")
+    await setup.server.shutdown(0.5)
+    # Uncompared: dropped, and nothing is left waiting for the 30 s deadline.
+    assert setup.server.shadows.inflight == 0
+    assert counts(setup)[DROPPED] == 10
+    await no_shadow_connections(setup)

@@ -14,6 +14,7 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, expect
 
@@ -179,3 +180,28 @@ async def test_status_page_follows_switch_rollback_error_and_lost_connection(
     await page.screenshot(path=str(lost), full_page=True)
     keep(lost)
     await page.close()
+
+
+async def test_status_page_shows_the_shadow_comparison(
+    colours: dict[str, Colour], browser: Browser, tmp_path: Path
+) -> None:
+    config = tmp_path / "bluegreen.yaml"
+    config.write_text(breakable_config(colours, "blue", "shadow.percent: 100\n"))
+    colours["green"].failing_under = "/api"
+    running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
+    task = asyncio.create_task(running.run())
+    try:
+        await wait(running.ready.is_set, 10, "process ready")
+        async with aiohttp.ClientSession() as session:
+            for path in ("/", "/api/cart", "/", "/api/cart"):
+                async with session.get(f"http://127.0.0.1:{running.proxy_port}{path}") as r:
+                    assert r.headers["X-Bluegreen-Colour"] == "blue"
+        page: Page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(f"http://127.0.0.1:{running.admin_port}/status", timeout=WAIT_MS)
+        green = page.locator('#shadow tbody tr[data-colour="green"]')
+        await expect(green).to_contain_text("0.50", timeout=WAIT_MS)
+        await expect(green).to_contain_text("2 x /api/cart: live 200, green 500 (500)")
+        await expect(page.locator("#shadow-summary")).to_contain_text("100% of the live requests")
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 15)

@@ -87,15 +87,33 @@ class Replicas:
         return [e for e in await KubeClient(self.api, self.ref).events() if e["reason"] == reason]
 
 
+HEALTH = {
+    "health.interval": "200ms",
+    "health.timeout": "100ms",
+    "health.failureThreshold": "2",
+    "health.successThreshold": "1",
+}
+# Every live request mirrored to green; the gate decides from 30 comparisons on.
+SHADOW = {"shadow.percent": "100", "shadow.minRequests": "30", "shadow.maxMismatchRate": "0.1"}
+
+
 @pytest.fixture
 async def replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
-    health = {
-        "health.interval": "200ms",
-        "health.timeout": "100ms",
-        "health.failureThreshold": "2",
-        "health.successThreshold": "1",
-    }
-    async with colour_configmap(kube_apiserver, "rb", health) as made_up:
+    async with _replicas(kube_apiserver, "rb", HEALTH) as made:
+        yield made
+
+
+@pytest.fixture
+async def shadow_replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
+    async with _replicas(kube_apiserver, "sh", {**HEALTH, **SHADOW}) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _replicas(
+    kube_apiserver: KubeApiServer, prefix: str, keys: dict[str, str]
+) -> AsyncIterator[Replicas]:
+    async with colour_configmap(kube_apiserver, prefix, keys) as made_up:
         made = Replicas(kube_apiserver, made_up.api, made_up.ref, made_up.colours)
         try:
             yield made
@@ -178,6 +196,34 @@ async def test_switch_to_an_unhealthy_colour_is_refused(replicas: Replicas) -> N
     )
     await asyncio.sleep(1)  # every replica has had time to try recording it too
     assert len(await replicas.events("TargetUnhealthy")) == 1
+
+
+async def test_switch_to_a_colour_whose_shadows_mismatch_is_refused(
+    shadow_replicas: Replicas,
+) -> None:
+    replicas = shadow_replicas
+    process = await replicas.start()
+    await wait(lambda: replicas.leader() is not None, 10)
+    await healthy_everywhere(replicas)
+    replicas.colours["green"].failing_under = "/api"  # healthy, but wrong on /api
+    async with aiohttp.ClientSession() as session:
+        for n in range(30):
+            path = "/api/cart" if n % 3 == 0 else "/"
+            async with session.get(f"http://127.0.0.1:{process.proxy_port}{path}") as response:
+                assert response.headers["X-Bluegreen-Colour"] == "blue"
+    green = process.stats.shadow.colour("green")
+    await wait(lambda: sum(green.counts.values()) >= 30, 5)
+    await replicas.patch_active("green")
+    await wait(lambda: bool(process.state.switches), 5)
+    reason = "refused: green shadow mismatch 0.33 over 30 requests"
+    assert process.state.switches[0].reason == reason
+    await configmap_says(replicas, "blue")
+    _, history = await replicas.configmap()
+    assert history[0]["reason"] == reason
+    await wait_for_async(lambda: _has_events(replicas, "ShadowMismatch"), 5)
+    events = await replicas.events("ShadowMismatch")
+    assert len(events) == 1 and reason in events[0]["message"]
+    assert process.state.table is not None and process.state.table.active == "blue"
 
 
 async def _has_events(replicas: Replicas, reason: str) -> bool:
