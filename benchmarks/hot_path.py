@@ -113,8 +113,11 @@ def measure(request: bytes, count: int, access_log: str = "off") -> float:
                 loop.run_forever()  # the access log's drain runs, as it would between reads
         elapsed = time.perf_counter() - started
         assert server.stats.request_count("blue") == count
-        if server.access_log is not None:
+        if access_log != "off":
+            # Every request was logged: formatted and written, or queued since the last drain.
+            assert server.access_log is not None, "the access log is not on"
             assert server.access_log.dropped == 0
+            assert server.access_log.written + server.access_log.pending == count
         if pool.sweeper is not None:
             pool.sweeper.cancel()
         return elapsed / count * 1e6

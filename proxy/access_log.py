@@ -166,11 +166,22 @@ class AccessRecord:
 
 
 # --- formatting ---------------------------------------------------------------------------------
+#
+# A line is one f-string of plain `{value}` parts: mypyc builds that in one allocation, while a
+# single format spec (`{x:.6f}`) turns the whole line into a str.format call (~30,000
+# instructions a line, callgrind). Numbers with decimals are made from integers for that reason.
+# Values that can never need JSON escaping (the request ID and trace ID, checked safe
+# characters; the method, a token; `ended_by`) are written between quotes as they are; the
+# values that come back line after line (colour, route, upstream, client, method, and the user
+# agent and referer a browser sends with each request) are quoted once and remembered.
 
 # C-accelerated JSON string quoting; ASCII output, so a line never needs an encoding decision.
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _CLF_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+# Zeros that pad a fraction: _ZEROS[k] is k zeros (a list: mypyc boxes a tuple to index it).
+_ZEROS: Final = ["", "0", "00", "000", "0000", "00000"]
+_REMEMBERED: Final = 1024  # quoted values of each kind kept before the memo starts again
 
 
 def _json_text(value: bytes | None) -> str:
@@ -178,8 +189,27 @@ def _json_text(value: bytes | None) -> str:
     return "null" if value is None else _quote(value.decode("latin-1"))
 
 
-def _json_str(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+def _safe_text(value: bytes | None) -> str:
+    """A JSON string of bytes already checked to be safe characters (no quote, backslash...)."""
+    return "null" if value is None else f'"{value.decode("ascii")}"'
+
+
+def _fixed6(value: float) -> str:
+    """`value` (not negative) with six decimals, as f"{value:.6f}" writes it."""
+    return _point(str(int(value * 1e6 + 0.5)), 6)
+
+
+def _fixed3(value: float) -> str:
+    """`value` (not negative) with three decimals, as f"{value:.3f}" writes it."""
+    return _point(str(int(value * 1e3 + 0.5)), 3)
+
+
+def _point(digits: str, decimals: int) -> str:
+    """The decimal digits of an integer count of 10**-decimals, with the point put in."""
+    n = len(digits)
+    if n <= decimals:
+        return f"0.{_ZEROS[decimals - n]}{digits}"  # most durations: less than a second
+    return f"{digits[: n - decimals]}.{digits[n - decimals :]}"
 
 
 def _clf_escape(value: bytes | None) -> str:
@@ -194,19 +224,42 @@ def _clf_escape(value: bytes | None) -> str:
 
 def _target(record: AccessRecord, drop_query: bool) -> bytes:
     if drop_query:
-        return record.target.split(b"?", 1)[0]
+        return record.target.partition(b"?")[0]
     return record.target
 
 
-class _Clock:
-    """Formats wall-clock times, redoing the calendar work only once per second."""
+class _Memo:
+    """What formatting remembers between lines, so that most lines redo little of it.
 
-    __slots__ = ("_clf", "_rfc3339", "_second")
+    The calendar text of the current second (and the last millisecond's timestamp), and the
+    written form of values that come back on line after line: colours, routes, upstreams,
+    clients, methods, user agents and referers (JSON-quoted, or escaped for CLF). Each kind is
+    bounded: past `_REMEMBERED` values, its memo starts again, so that a stream of distinct
+    values costs a lookup each, no memory.
+    """
+
+    __slots__ = (
+        "_clf",
+        "_clf_texts",
+        "_methods",
+        "_millis",
+        "_names",
+        "_rfc3339",
+        "_second",
+        "_stamp",
+        "_texts",
+    )
 
     def __init__(self) -> None:
         self._second = -1
+        self._millis = -1
         self._rfc3339 = ""
+        self._stamp = ""
         self._clf = ""
+        self._names: dict[str, str] = {}
+        self._methods: dict[bytes, str] = {}
+        self._texts: dict[bytes, str] = {}
+        self._clf_texts: dict[bytes | None, str] = {}
 
     def _at(self, second: int) -> None:
         if second != self._second:
@@ -224,70 +277,119 @@ class _Clock:
     def rfc3339(self, when: float) -> str:
         """UTC, RFC 3339 with milliseconds: `2026-12-02T10:12:50.123Z`."""
         millis = int(when * 1000)
-        self._at(millis // 1000)
-        return f"{self._rfc3339}.{millis % 1000:03d}Z"
+        if millis != self._millis:
+            self._at(millis // 1000)
+            fraction = str(millis % 1000)
+            self._stamp = f"{self._rfc3339}.{_ZEROS[3 - len(fraction)]}{fraction}Z"
+            self._millis = millis
+        return self._stamp
 
     def clf(self, when: float) -> str:
         """The combined log format's `02/Dec/2026:10:12:50 +0000`."""
         self._at(int(when))
         return self._clf
 
+    def name(self, value: str | None) -> str:
+        """`value` as a JSON string (or null), quoted once and then remembered."""
+        if value is None:
+            return "null"
+        names = self._names
+        quoted = names.get(value)
+        if quoted is None:
+            if len(names) >= _REMEMBERED:
+                names.clear()
+            quoted = names[value] = _quote(value)
+        return quoted
 
-def format_json(record: AccessRecord, settings: AccessLogSettings, clock: _Clock) -> str:
+    def method(self, value: bytes) -> str:
+        """A request method as a JSON string, quoted once and then remembered."""
+        methods = self._methods
+        quoted = methods.get(value)
+        if quoted is None:
+            if len(methods) >= _REMEMBERED:
+                methods.clear()
+            quoted = methods[value] = _json_text(value)
+        return quoted
+
+    def text(self, value: bytes | None) -> str:
+        """Bytes a client sent (a user agent, a referer) as a JSON string, or null; remembered.
+
+        A browser sends the same User-Agent with every request, so a lookup (a hash of the
+        bytes) usually replaces decoding and escaping them.
+        """
+        if value is None:
+            return "null"
+        texts = self._texts
+        quoted = texts.get(value)
+        if quoted is None:
+            if len(texts) >= _REMEMBERED:
+                texts.clear()
+            quoted = texts[value] = _quote(value.decode("latin-1"))
+        return quoted
+
+    def clf_text(self, value: bytes | None) -> str:
+        """Bytes a client sent (a method, user agent, referer) escaped for CLF; remembered."""
+        texts = self._clf_texts
+        escaped = texts.get(value)
+        if escaped is None:
+            if len(texts) >= _REMEMBERED:
+                texts.clear()
+            escaped = texts[value] = _clf_escape(value)
+        return escaped
+
+
+def format_json(record: AccessRecord, settings: AccessLogSettings, memo: _Memo) -> str:
     """One JSON object on one line; `time` is when the request head had arrived."""
     headers = ""
     if record.headers:
-        fields = ",".join(f"{_quote(name)}:{_json_text(value)}" for name, value in record.headers)
+        fields = ",".join([f"{_quote(name)}:{_json_text(value)}" for name, value in record.headers])
         headers = f',"headers":{{{fields}}}'
-    ttfb = "null" if record.ttfb is None else f"{record.ttfb:.6f}"
+    ttfb = "null" if record.ttfb is None else _fixed6(record.ttfb)
+    reason = "null" if record.reason is None else _quote(record.reason)
     return (
-        f'{{"time":"{clock.rfc3339(record.ended - record.duration)}",'
-        f'"client":{_json_str(record.client)},'
-        f'"method":{_json_text(record.method)},'
+        f'{{"time":"{memo.rfc3339(record.ended - record.duration)}",'
+        f'"client":{memo.name(record.client)},'
+        f'"method":{memo.method(record.method)},'
         f'"target":{_json_text(_target(record, settings.drop_query))},'
         f'"protocol":"HTTP/{record.version}",'
         f'"status":{record.status},'
         f'"bytes_in":{record.bytes_in},'
         f'"bytes_out":{record.bytes_out},'
-        f'"duration":{record.duration:.6f},'
+        f'"duration":{_fixed6(record.duration)},'
         f'"upstream_ttfb":{ttfb},'
-        f'"colour":{_json_str(record.colour)},'
-        f'"route":{_json_str(record.route)},'
-        f'"upstream":{_json_str(record.upstream)},'
+        f'"colour":{memo.name(record.colour)},'
+        f'"route":{memo.name(record.route)},'
+        f'"upstream":{memo.name(record.upstream)},'
         f'"retries":{record.retries},'
-        f'"request_id":{_json_text(record.request_id)},'
-        f'"trace_id":{_json_text(record.trace_id)},'
-        f'"user_agent":{_json_text(record.user_agent)},'
-        f'"referer":{_json_text(record.referer)},'
+        f'"request_id":{_safe_text(record.request_id)},'
+        f'"trace_id":{_safe_text(record.trace_id)},'
+        f'"user_agent":{memo.text(record.user_agent)},'
+        f'"referer":{memo.text(record.referer)},'
         f'"ended_by":"{record.ended_by}",'
-        f'"reason":{_json_str(record.reason)}{headers}}}'
+        f'"reason":{reason}{headers}}}'
     )
 
 
-def format_clf(record: AccessRecord, settings: AccessLogSettings, clock: _Clock) -> str:
+def format_clf(record: AccessRecord, settings: AccessLogSettings, memo: _Memo) -> str:
     """Apache's combined log format, then bluegreen's own fields as `key=value` pairs."""
-    ttfb = "-" if record.ttfb is None else f"{record.ttfb * 1000:.3f}"
-    extra = "".join(
-        f' "{_clf_escape(value)}"' for _, value in record.headers
-    )  # positional, in config order, as Apache's %{Name}i
+    ttfb = "-" if record.ttfb is None else _fixed3(record.ttfb * 1000)
+    # positional, in config order, as Apache's %{Name}i
+    extra = "".join([f' "{_clf_escape(value)}"' for _, value in record.headers])
     target = _clf_escape(_target(record, settings.drop_query))
+    # A str either way: an `int or str` in the f-string would be formatted generically.
+    bytes_out = str(record.bytes_out) if record.bytes_out else "-"
+    request_id = "-" if record.request_id is None else record.request_id.decode("ascii")
     return (
-        f"{record.client or '-'} - - [{clock.clf(record.ended - record.duration)}] "
-        f'"{_clf_escape(record.method)} {target} HTTP/{record.version}" '
-        f"{record.status} {record.bytes_out or '-'} "
-        f'"{_clf_escape(record.referer)}" "{_clf_escape(record.user_agent)}"{extra}'
+        f"{record.client or '-'} - - [{memo.clf(record.ended - record.duration)}] "
+        f'"{memo.clf_text(record.method)} {target} HTTP/{record.version}" '
+        f"{record.status} {bytes_out} "
+        f'"{memo.clf_text(record.referer)}" "{memo.clf_text(record.user_agent)}"{extra}'
         f" colour={record.colour or '-'} route={record.route or '-'}"
-        f" upstream={record.upstream or '-'} duration_ms={record.duration * 1000:.3f}"
+        f" upstream={record.upstream or '-'} duration_ms={_fixed3(record.duration * 1000)}"
         f" ttfb_ms={ttfb} bytes_in={record.bytes_in} retries={record.retries}"
-        f" request_id={_clf_escape(record.request_id)} ended_by={record.ended_by}"
+        f" request_id={request_id} ended_by={record.ended_by}"
         f' reason="{record.reason or "-"}"'
     )
-
-
-FORMATTERS: dict[str, Callable[[AccessRecord, AccessLogSettings, _Clock], str]] = {
-    JSON: format_json,
-    CLF: format_clf,
-}
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -367,8 +469,8 @@ class AccessLog:
         self.written = 0  # lines formatted for stdout (some may still wait in `unwritten`)
         self._queue: deque[AccessRecord] = deque()
         self._capacity = settings.buffer_size
-        self._format = FORMATTERS.get(settings.format, format_json)
-        self._clock = _Clock()
+        self._json = settings.format != CLF
+        self._memo = _Memo()
         self._output: _Output | None = _Output(fd)
         self._unwritten = bytearray()
         self._max_unwritten = max_unwritten
@@ -380,7 +482,7 @@ class AccessLog:
         """Apply a new config's settings; records already queued keep their place."""
         self.settings = settings
         self._capacity = settings.buffer_size
-        self._format = FORMATTERS.get(settings.format, format_json)
+        self._json = settings.format != CLF
 
     @property
     def pending(self) -> int:
@@ -411,10 +513,16 @@ class AccessLog:
         queue = self._queue
         out = self._unwritten
         settings = self.settings
-        fmt = self._format
-        clock = self._clock
+        memo = self._memo
+        as_json = self._json
+        # The formatters are called directly, not through a table of them: a call through a
+        # Python object costs mypyc a generic call with its argument parsing on every line.
         while queue and len(out) < self._max_unwritten:
-            out += fmt(queue.popleft(), settings, clock).encode("ascii")
+            record = queue.popleft()
+            if as_json:
+                out += format_json(record, settings, memo).encode("ascii")
+            else:
+                out += format_clf(record, settings, memo).encode("ascii")
             out += b"\n"
             self.written += 1
         if out:

@@ -343,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
             client_http10=http10,
         )
         if table.logs_access:
-            exchange.access = self._begin_access(table, method, request)
+            exchange.access = self._begin_access(table, method, request, http10)
         if table.shadowing and route is table.live_route:
             exchange.shadow = server.shadows.mirror(
                 table, request.head, method, url, content_length, chunked=chunked, upgrade=upgrade
@@ -603,34 +603,26 @@ class ClientConnection(asyncio.Protocol):
             self.queue[0].start()
 
     def _begin_access(
-        self, table: RoutingTable, method: bytes, request: UpstreamRequest
+        self, table: RoutingTable, method: bytes, request: UpstreamRequest, http10: bool
     ) -> AccessRecord:
-        """Start the access log record of a request whose head arrived (the log is on)."""
-        settings = table.access_log
-        wanted = settings.headers
-        user_agent = referer = None
-        forwarded: list[bytes] = []
-        extra: dict[str, bytes] = {}
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"user-agent":
-                user_agent = value
-            elif lower == b"referer":
-                referer = value
-            elif lower == b"x-forwarded-for":
-                forwarded.append(value)
-            if wanted:
-                key = lower.decode("latin-1")
-                if key in wanted and key not in extra:
-                    extra[key] = value
+        """Start the access log record of a request whose head arrived (the log is on).
+
+        The fields it logs were picked out while the upstream head was built, in the same pass;
+        only `accessLog.headers` (when set) needs another look at the client's fields.
+        """
+        wanted = table.access_log.headers
+        headers: tuple[tuple[str, bytes | None], ...] = ()
+        if wanted:
+            headers = _wanted_fields(table, self.headers)
         traceparent = request.traceparent
+        forwarded = request.forwarded_for
         return AccessRecord(
             ended=0.0,
             duration=0.0,
-            client=self._logged_client(table, forwarded),
+            client=self.peer_ip if forwarded is None else self._logged_client(table, forwarded),
             method=method,
             target=self.url,
-            version=self.parser.get_http_version(),
+            version="1.0" if http10 else "1.1",
             status=0,
             bytes_in=0,
             bytes_out=0,
@@ -640,29 +632,27 @@ class ClientConnection(asyncio.Protocol):
             upstream=None,
             retries=0,
             request_id=request.request_id,
-            user_agent=user_agent,
-            referer=referer,
+            user_agent=request.user_agent,
+            referer=request.referer,
             ended_by=PROXY,
             reason=None,
             trace_id=trace_id_of(traceparent) if traceparent is not None else None,
-            headers=tuple((name, extra.get(name)) for name in wanted),
+            headers=headers,
         )
 
     def _logged_client(self, table: RoutingTable, forwarded: list[bytes]) -> str | None:
-        """The client address for the log: the peer, or from a trusted peer's X-Forwarded-For.
+        """The client address for the log, from a trusted peer's X-Forwarded-For values.
 
-        From a trusted balancer, the chain is read from the right and the first address not in
-        `forwarded.trustedCIDRs` is the client (nginx's `real_ip_recursive`); an untrusted
-        peer's X-Forwarded-For could name anyone, so the peer is the client.
+        The chain is read from the right and the first address not in `forwarded.trustedCIDRs`
+        is the client (nginx's `real_ip_recursive`). build_upstream_request keeps the values
+        only from a trusted peer: an untrusted peer's X-Forwarded-For could name anyone, so that
+        peer is the client.
         """
-        peer = self.peer_ip
-        if not forwarded or not table.trusts_forwarded_for(peer):
-            return peer
         hops = [hop.strip().decode("latin-1") for hop in b",".join(forwarded).split(b",")]
         for hop in reversed(hops):
             if hop and not table.trusts_forwarded_for(hop):
                 return hop
-        return hops[0] or peer
+        return hops[0] or self.peer_ip
 
     def _reject(
         self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -741,17 +731,23 @@ class ClientConnection(asyncio.Protocol):
             referer=fields.get(b"referer"),
             ended_by=PROXY,
             reason=message,
-            headers=_wanted_fields(table, fields),
+            headers=_wanted_fields(table, self.headers),
         )
         if table.access_log.keeps(status, record.duration):
             access_log.log(record)
 
 
 def _wanted_fields(
-    table: RoutingTable, fields: dict[bytes, bytes]
+    table: RoutingTable, headers: list[tuple[bytes, bytes]]
 ) -> tuple[tuple[str, bytes | None], ...]:
-    """The configured `accessLog.headers` of a request, as (name, value or None) in order."""
-    return tuple((name, fields.get(name.encode("latin-1"))) for name in table.access_log.headers)
+    """The configured `accessLog.headers` of a request, as (name, first value or None) in order."""
+    found: dict[str, bytes] = {}
+    wanted = table.access_log.headers
+    for name, value in headers:
+        key = name.lower().decode("latin-1")
+        if key in wanted and key not in found:
+            found[key] = value
+    return tuple([(name, found.get(name)) for name in wanted])
 
 
 def _too_large(what: str, limit: int) -> str:

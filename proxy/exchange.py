@@ -647,24 +647,24 @@ class Exchange:
             bytes_out=self.bytes_out,
         )
         if self.access is not None:
-            self._log_access(self.access, status, ended_by, reason)
+            self._log_access(self.access, status, ended_by, reason, elapsed)
 
     def _log_access(
-        self, record: AccessRecord, status: int, ended_by: str, reason: str | None
+        self, record: AccessRecord, status: int, ended_by: str, reason: str | None, elapsed: float
     ) -> None:
         """Complete the access log record begun when the head arrived, and queue it."""
         access_log = self.server.access_log
         if access_log is None:
             return
         record.ended = time.time()
-        record.duration = perf_counter() - self.started_at
+        record.duration = elapsed
         record.ttfb = self.ttfb if self.ttfb >= 0 else None
         record.status = status
         record.bytes_in = self.bytes_in
         record.bytes_out = self.bytes_out
         record.colour = self.route.colour
         record.route = self.route.kind
-        record.upstream = f"{self.upstream.host}:{self.upstream.port}"
+        record.upstream = self.upstream.address
         record.retries = self.retries
         record.ended_by = ended_by
         record.reason = reason

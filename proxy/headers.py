@@ -69,6 +69,10 @@ _UNDERSCORED: Final = 9
 _REQUEST_ID: Final = 10
 _TRACEPARENT: Final = 11
 _COOKIE: Final = 12
+# Plain fields the access log reads too: recorded in the same pass, so that a logged request
+# needs no second look at its fields (and the comparisons come last: only these fields pay).
+_USER_AGENT: Final = 13
+_REFERER: Final = 14
 _REQUEST_SPECIAL = {
     b"host": _HOST,
     b"x-forwarded-for": _FORWARDED_FOR,
@@ -95,6 +99,8 @@ _REQUEST_SPECIAL = {
     # The mark of a mirrored request (proxy/shadow.py): from a client it could make the
     # application skip the side effects of a real request.
     b"x-bluegreen-shadow": _DROP,
+    b"user-agent": _USER_AGENT,
+    b"referer": _REFERER,
 }
 # Every lower-case name seen so far, with its kind: classifying a name (proxy-*, an underscore)
 # costs more than one dict lookup, and a proxy sees the same few dozen names again and again.
@@ -129,13 +135,16 @@ class UpstreamRequest:
         "chunked",
         "content_length",
         "dropped",
+        "forwarded_for",
         "head",
         "host",
         "preview_cookie",
         "preview_value",
+        "referer",
         "request_id",
         "traceparent",
         "upgrade",
+        "user_agent",
     )
 
     def __init__(
@@ -151,6 +160,9 @@ class UpstreamRequest:
         dropped: int = 0,
         upgrade: bool = False,
         preview_cookie: bytes | None = None,
+        user_agent: bytes | None = None,
+        referer: bytes | None = None,
+        forwarded_for: list[bytes] | None = None,
     ) -> None:
         self.head = head
         self.dropped = dropped  # fields removed for an underscore in their name
@@ -162,6 +174,11 @@ class UpstreamRequest:
         self.preview_cookie = preview_cookie  # the preview cookie's value, taken out of Cookie
         self.content_length = content_length
         self.chunked = chunked
+        # For the access log: the last User-Agent and Referer sent, and a trusted peer's
+        # X-Forwarded-For values as it sent them (None from anyone else, or without one).
+        self.user_agent = user_agent
+        self.referer = referer
+        self.forwarded_for = forwarded_for
 
 
 def build_upstream_request(
@@ -221,6 +238,8 @@ def build_upstream_request(
     request_ids = 0
     traceparent: bytes | None = None
     named: set[bytes] | None = None
+    user_agent: bytes | None = None
+    referer: bytes | None = None
     # Pieces are appended one by one: `kept += (a, b, c)` builds and frees a tuple each time,
     # ~150 instructions per field more in the compiled build (callgrind).
     kept: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -297,6 +316,18 @@ def build_upstream_request(
                 kept.append(b"\r\n")
             else:
                 dropped += 1
+        elif kind in (_USER_AGENT, _REFERER):
+            if lower == preview_header:
+                preview_value = value
+            else:
+                kept.append(name)
+                kept.append(b": ")
+                kept.append(value)
+                kept.append(b"\r\n")
+                if kind == _USER_AGENT:
+                    user_agent = value
+                else:
+                    referer = value
         # _DROP: hop-by-hop fields and Proxy-*, for the proxy itself; never forwarded.
     if host_count != 1 or host is None:
         problem = "missing Host header" if host_count == 0 else "repeated Host header"
@@ -326,6 +357,7 @@ def build_upstream_request(
     if request_id is None or request_ids != 1 or not valid_request_id(request_id):
         # None sent, several (which one would the colour log?), or unsafe to write in a log.
         request_id = new_request_id()
+    sent_forwarded_for = forwarded_for.copy() if forwarded_for else None
     if peer is not None:
         forwarded_for.append(peer)
     if forwarded_for:
@@ -363,6 +395,9 @@ def build_upstream_request(
         dropped=dropped,
         upgrade=forwards_upgrade,
         preview_cookie=cookie_value,
+        user_agent=user_agent,
+        referer=referer,
+        forwarded_for=sent_forwarded_for,
     )
 
 

@@ -31,6 +31,11 @@ class Upstream:
     url: str
     host: str
     port: int
+    # `host:port`, as the access log writes it: made once, not per request.
+    address: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
 DEFAULT_PREVIEW_PATH = "/.well-known/bluegreen/preview"

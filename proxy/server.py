@@ -63,6 +63,10 @@ class ProxyServer:
         self._drain_timers: set[asyncio.TimerHandle] = set()
         self._all_closed = asyncio.Event()
         stats.connections = self.connection_counts
+        if table is not None:
+            # A server made with its table (tests, benchmarks/hot_path.py) logs as that table
+            # says, as one that gets its first table from swap_table does.
+            self._configure_access_log(table)
 
     # --- the routing table ------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from proxy.access_log import (
     format_json,
     refused_headers,
 )
-from proxy.access_log import _Clock as Clock
+from proxy.access_log import _Memo as Memo
 from proxy.request_id import (
     MAX_REQUEST_ID_LENGTH,
     new_request_id,
@@ -68,7 +68,7 @@ def record(**changes: object) -> AccessRecord:
 
 
 def test_json_line_holds_every_field() -> None:
-    line = format_json(record(), AccessLogSettings(format=JSON), Clock())
+    line = format_json(record(), AccessLogSettings(format=JSON), Memo())
     assert "\n" not in line
     assert json.loads(line) == {
         "time": "2026-12-02T10:12:50.123Z",
@@ -112,7 +112,7 @@ def test_json_escapes_hostile_bytes_and_shows_unknowns_as_null() -> None:
             headers=(),
         ),
         AccessLogSettings(format=JSON),
-        Clock(),
+        Memo(),
     )
     assert line.isascii() and "\n" not in line
     parsed = json.loads(line)
@@ -125,6 +125,64 @@ def test_json_escapes_hostile_bytes_and_shows_unknowns_as_null() -> None:
     assert "headers" not in parsed
 
 
+@pytest.mark.parametrize(
+    ("seconds", "six", "three"),
+    [
+        (0.0, "0.000000", "0.000"),
+        (0.000075, "0.000075", "0.000"),
+        (0.0004, "0.000400", "0.000"),
+        (0.25, "0.250000", "0.250"),
+        (0.9999996, "1.000000", "1.000"),
+        (1.0, "1.000000", "1.000"),
+        (12.3456789, "12.345679", "12.346"),
+        (3600.5, "3600.500000", "3600.500"),
+    ],
+)
+def test_durations_are_written_with_fixed_decimals(seconds: float, six: str, three: str) -> None:
+    line = json.loads(
+        format_json(record(duration=seconds, ttfb=seconds), AccessLogSettings(format=JSON), Memo())
+    )
+    assert (line["duration"], line["upstream_ttfb"]) == (float(six), float(six))
+    assert f'"duration":{six},' in format_json(
+        record(duration=seconds), AccessLogSettings(format=JSON), Memo()
+    )
+    clf = format_clf(record(duration=seconds / 1000), AccessLogSettings(format=CLF), Memo())
+    assert f" duration_ms={three} " in clf
+
+
+def test_the_memo_of_repeated_values_is_bounded_and_never_changes_a_line() -> None:
+    memo = Memo()
+    settings = AccessLogSettings(format=JSON)
+    # More distinct user agents and clients than the memo keeps, then the first ones again:
+    # every line says what its own record holds.
+    agents = [b'agent "%d"\xff' % n for n in range(3000)]
+    for n, agent in enumerate(agents + agents[:10]):
+        client = f"198.51.100.{n % 2000}"
+        line = json.loads(format_json(record(user_agent=agent, client=client), settings, memo))
+        assert line["user_agent"] == agent.decode("latin-1")
+        assert line["client"] == client
+    line = json.loads(format_json(record(colour='x"y', method=b"PURGE"), settings, memo))
+    assert (line["colour"], line["method"]) == ('x"y', "PURGE")
+
+
+def test_timestamps_follow_the_clock_across_milliseconds_and_seconds() -> None:
+    memo = Memo()
+    settings = AccessLogSettings(format=JSON)
+    stamps = [
+        json.loads(format_json(record(ended=ENDED + offset), settings, memo))["time"]
+        for offset in (0.0, 0.0004, 0.0015, 0.8775, 0.8785, 1.0005, -0.1995)
+    ]
+    assert stamps == [
+        "2026-12-02T10:12:50.123Z",
+        "2026-12-02T10:12:50.123Z",
+        "2026-12-02T10:12:50.124Z",
+        "2026-12-02T10:12:51.000Z",
+        "2026-12-02T10:12:51.001Z",
+        "2026-12-02T10:12:51.123Z",
+        "2026-12-02T10:12:49.923Z",
+    ]
+
+
 CLF_LINE = re.compile(
     r'(?P<client>\S+) - - \[(?P<time>[^\]]+)\] "(?P<method>\S+) (?P<target>\S+) (?P<proto>[^"]+)" '
     r'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" "(?P<ua>(?:[^"\\]|\\.)*)"'
@@ -133,7 +191,7 @@ CLF_LINE = re.compile(
 
 
 def test_clf_line_is_combined_log_format_plus_bluegreen_fields() -> None:
-    line = format_clf(record(), AccessLogSettings(format=CLF), Clock())
+    line = format_clf(record(), AccessLogSettings(format=CLF), Memo())
     match = CLF_LINE.fullmatch(line)
     assert match is not None, line
     assert match["client"] == "203.0.113.7"
@@ -163,7 +221,7 @@ def test_clf_line_is_combined_log_format_plus_bluegreen_fields() -> None:
 
 def test_clf_escapes_quotes_and_control_bytes_like_apache() -> None:
     line = format_clf(
-        record(user_agent=b'a"b\\c\n\xff', bytes_out=0), AccessLogSettings(format=CLF), Clock()
+        record(user_agent=b'a"b\\c\n\xff', bytes_out=0), AccessLogSettings(format=CLF), Memo()
     )
     assert '"a\\"b\\\\c\\x0a\\xff"' in line
     assert " 200 - " in line  # no body: "-", as Apache writes it
@@ -174,7 +232,7 @@ def test_clf_escapes_quotes_and_control_bytes_like_apache() -> None:
 def test_drop_query_writes_the_path_only(fmt: object) -> None:
     assert callable(fmt)
     settings = AccessLogSettings(format=JSON, drop_query=True)
-    line = fmt(record(), settings, Clock())
+    line = fmt(record(), settings, Memo())
     assert "/cart" in line and "item=42" not in line
 
 

@@ -184,6 +184,53 @@ def test_upstream_head_is_rebuilt_with_forwarded_fields() -> None:
     )
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+def test_fields_the_access_log_reads_are_picked_out_in_the_same_pass(trusted: bool) -> None:
+    fields = [
+        (b"Host", b"shop"),
+        (b"User-Agent", b"first"),
+        (b"X-Forwarded-For", b"203.0.113.9, 10.0.0.2"),
+        (b"user-agent", b"curl/8.5"),
+        (b"Referer", b"http://shop/"),
+        (b"x-forwarded-for", b"10.0.0.3"),
+    ]
+    request = build_upstream_request(
+        b"GET",
+        b"/",
+        fields,
+        peer=b"10.0.0.1",
+        preview_header=b"p",
+        upgrade=False,
+        trusted_peer=trusted,
+    )
+    # Plain fields all the same: every one goes upstream as sent.
+    assert b"\r\nUser-Agent: first\r\nuser-agent: curl/8.5\r\nReferer: http://shop/\r\n" in (
+        request.head
+    )
+    assert (request.user_agent, request.referer) == (b"curl/8.5", b"http://shop/")  # the last
+    # A trusted peer's X-Forwarded-For as sent, without the peer the proxy appends; from anyone
+    # else, nothing: the peer is the client.
+    expected = [b"203.0.113.9, 10.0.0.2", b"10.0.0.3"] if trusted else None
+    assert request.forwarded_for == expected
+    bare = build_upstream_request(
+        b"GET", b"/", [(b"Host", b"h")], peer=None, preview_header=b"p", upgrade=False
+    )
+    assert (bare.user_agent, bare.referer, bare.forwarded_for) == (None, None, None)
+
+
+def test_a_preview_header_named_like_a_logged_field_is_still_taken_out() -> None:
+    request = build_upstream_request(
+        b"GET",
+        b"/",
+        [(b"Host", b"h"), (b"Referer", b"t0k")],
+        peer=None,
+        preview_header=b"referer",
+        upgrade=False,
+    )
+    assert request.preview_value == b"t0k" and request.referer is None
+    assert b"t0k" not in request.head
+
+
 CLIENT_ADDRESS_FIELDS = [
     (b"Host", b"shop"),
     (b"X-Forwarded-Proto", b"http, https"),
