@@ -158,7 +158,9 @@ def dashboard_label_values() -> list[tuple[str, str]]:
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
+        match = re.fullmatch(
+            r"label_values\((\w+)(?:\{[^}]*\})?,\s*(\w+)\)", variable["query"]["query"]
+        )
         assert match is not None, variable
         found.append((match.group(1), match.group(2)))
     return found

@@ -16,7 +16,13 @@ import pytest
 import yaml
 
 from tests.deploy.manifests import by_name, debian_kubectl, matches, newer_kubectl, render
-from tests.monitoring.assets import DASHBOARD_FILE, dashboard, dashboard_queries, doc_block
+from tests.monitoring.assets import (
+    DASHBOARD_FILE,
+    dashboard,
+    dashboard_queries,
+    doc_block,
+    promql_use,
+)
 
 SCRAPE_BLOCKS = ("scrape-config: static", "scrape-config: kubernetes-pods")
 
@@ -82,6 +88,15 @@ def test_dashboard_uses_the_datasource_variable_everywhere() -> None:
     ):
         assert wanted in titles
     assert {a["name"] for a in board["annotations"]["list"]} == {"Switches", "Rollbacks"}
+    for wanted in (
+        "Leader",
+        "Leaders per job",
+        "Active colour per replica",
+        "Requests per second per replica",
+        "Client connections per replica",
+        "Upstream connections per replica",
+    ):
+        assert wanted in titles
     latency = "\n".join(expr for where, expr in dashboard_queries() if "Latency" in where)
     assert "histogram_quantile(0.5," in latency and "histogram_quantile(0.99," in latency
     json.dumps(board)  # round-trips
@@ -129,3 +144,56 @@ def test_documented_scrape_configs_pass_promtool_check_config(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_dashboard_selects_by_namespace_and_job_everywhere() -> None:
+    """Several installations in one Prometheus: every query is scoped by both variables."""
+    board = dashboard()
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert variables == ["datasource", "namespace", "job"]  # the order they show in
+    by_name = {v["name"]: v for v in board["templating"]["list"]}
+    assert by_name["namespace"]["query"]["query"] == (
+        "label_values(bluegreen_active_colour, namespace)"
+    )
+    # The jobs offered are those of the chosen namespaces.
+    assert by_name["job"]["query"]["query"] == (
+        'label_values(bluegreen_active_colour{namespace=~"$namespace"}, job)'
+    )
+    for name in ("namespace", "job"):
+        assert by_name[name]["includeAll"] and by_name[name]["allValue"] == ".*", name
+    for where, expr in dashboard_queries():
+        for metric, matchers in promql_use(expr).metrics.items():
+            scope = {(m.label, m.op, m.value) for m in matchers}
+            assert ("namespace", "=~", "$namespace") in scope, f"{where}: {metric} {expr!r}"
+            assert ("job", "=~", "$job") in scope, f"{where}: {metric} {expr!r}"
+
+
+def test_dashboard_has_a_per_replica_view_and_the_leader() -> None:
+    """One row shows each replica: its leadership, live colour, traffic and connections."""
+    panels = {p["title"]: p for p in dashboard()["panels"]}
+    rows = [p for p in dashboard()["panels"] if p["type"] == "row"]
+    assert "Replicas and the leader" in [r["title"] for r in rows]
+    per_replica = [
+        "Leader",
+        "Active colour per replica",
+        "Requests per second per replica",
+        "Client connections per replica",
+        "Upstream connections per replica",
+    ]
+    for title in per_replica:
+        exprs = [t["expr"] for t in panels[title]["targets"]]
+        assert all("instance" in promql_use(e).grouping_labels for e in exprs), title
+    leader = panels["Leader"]["targets"][0]["expr"]
+    assert "bluegreen_leader" in promql_use(leader).metrics
+    assert promql_use(panels["Leaders per job"]["targets"][0]["expr"]).grouping_labels == {
+        "namespace",
+        "job",
+    }
+    # Panels of the new row sit below the others, none overlapping.
+    cells = set()
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps another panel"
+                cells.add((x, y))

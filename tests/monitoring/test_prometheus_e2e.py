@@ -215,9 +215,17 @@ async def assert_every_dashboard_query_runs(prometheus: Prometheus, job: str) ->
         "'In-flight requests'",
         "'Upstream health'",
         "annotation 'Switches'",
+        "'Leader'",
+        "'Leaders per job'",
+        "'Active colour per replica'",
+        "'Requests per second per replica'",
+        "'Client connections per replica'",
+        "'Upstream connections per replica'",
     )
     for where, expr in dashboard_queries():
+        # The namespace variable's "All" (a static scrape has no namespace label: "" matches).
         grafana = expr.replace("$__rate_interval", "1m").replace("$job", job)
+        grafana = grafana.replace("$namespace", ".*")
         assert "$" not in grafana, f"{where}: unknown variable in {expr!r}"
         result = await prometheus.query(grafana)
         if any(name in where for name in must_have_data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,12 @@ from typing import Any
 import yaml
 
 from tests.monitoring.assets import METRICS_DOC, RULES_TEST, alert_rules, heading_anchors, rule_spec
+
+# runbook_url: the docs' base from the external label, or the default one; then the section.
+RUNBOOK_URL = re.compile(
+    r'\{\{ or \$externalLabels\.bluegreen_docs_url "(?P<base>https://[^"\s]+[^/"])" \}\}'
+    r"/metrics\.md#(?P<anchor>[a-z]+)"
+)
 
 
 def run_promtool(promtool: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,12 +88,19 @@ def test_every_alert_is_labelled_annotated_and_documented() -> None:
         "BluegreenReplicasDisagree",
         "BluegreenHighErrorRatio",
     }
+    bases: set[str] = set()
     for rule in alert_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
-        page, _, anchor = annotations["runbook_url"].partition("#")
-        assert page == "docs/metrics.md", name
+        # An absolute URL (Alertmanager cannot follow a relative one): the Prometheus external
+        # label bluegreen_docs_url, else one default base, then the alert's section.
+        match = RUNBOOK_URL.fullmatch(annotations["runbook_url"])
+        assert match is not None, (name, annotations["runbook_url"])
+        bases.add(match["base"])
+        anchor = match["anchor"]
         assert anchor == name.lower() and anchor in anchors, f"{name}: no section #{anchor}"
         assert f"| `{name}` | {rule['labels']['severity']} |" in docs, f"{name} not in the table"
+    assert len(bases) == 1, f"the alerts link to different default bases: {sorted(bases)}"
+    assert f"`{bases.pop()}`" in docs, "the default runbook base is not in docs/metrics.md"
