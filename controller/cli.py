@@ -259,9 +259,16 @@ def build_parser(prog: str = "bluegreen") -> argparse.ArgumentParser:
         "switch",
         "make COLOUR the active colour",
         f"  {prog} switch green --configmap bluegreen -n shop --wait --timeout 1m\n"
+        f"  {prog} switch green --configmap bluegreen --retry --wait  # after a rollback\n"
         f"  {prog} switch green --config bluegreen.yaml",
     )
     switch.add_argument("colour")
+    switch.add_argument(
+        "--retry",
+        action="store_true",
+        help="COLOUR is desired but a refusal or rollback holds it back: delete that decision "
+        "so that the proxies try COLOUR again (ConfigMap)",
+    )
     _add_source_arguments(switch)
     _add_wait_arguments(switch)
     rollback = _sub(
@@ -416,7 +423,12 @@ def _cluster_switch(args: argparse.Namespace, colour: str | None, reason: str) -
     try:
         result = run_event_loop(
             switch_colour(
-                args.configmap, args.kubeconfig, colour, reason=reason, context=args.context
+                args.configmap,
+                args.kubeconfig,
+                colour,
+                reason=reason,
+                context=args.context,
+                retry=getattr(args, "retry", False),
             )
         )
     except OperationError as error:
@@ -487,6 +499,13 @@ def cmd_switch(args: argparse.Namespace) -> int:
     """Rewrite `active` in the config file or the ConfigMap."""
     if args.configmap is not None:
         return _cluster_switch(args, args.colour, "manual")
+    if args.retry:
+        return _fail(
+            "with a local file the proxy keeps its decision in memory: it holds until the file "
+            f"changes, so change any value in {args.config} (for example a new revision:) to "
+            f"try {args.colour} again",
+            EXIT_USAGE,
+        )
     if args.wait and not args.admin:
         return _fail(
             "switch --wait with --config needs the running proxy: add --admin URL "

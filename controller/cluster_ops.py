@@ -1,7 +1,9 @@
 """`bluegreen status | switch | rollback` against a ConfigMap, as a person at a laptop runs them.
 
 Every write is a merge patch of `active` (plus the history annotations) guarded by the
-resourceVersion that was read, so a concurrent edit is reported, never overwritten.
+resourceVersion that was read, so a concurrent edit is reported, never overwritten. A switch
+also deletes the proxies' recorded decision (controller/decision.py): a person's switch is a new
+desired state; `switch COLOUR --retry` deletes it alone, to try the same desired config again.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 
 import aiohttp
 
-from controller.config import ConfigError, parse_config
+from controller.config import Config, ConfigError, parse_config
+from controller.decision import DECISION_ANNOTATION, ServedDecision, read_decision
 from controller.file_source import load_config_file
 from controller.history import PREVIOUS_ANNOTATION, read_history, switch_annotations
 from controller.kube import (
     ConfigMapRef,
+    ConfigMapVersion,
     ConflictError,
     KubeClient,
     KubeError,
@@ -85,12 +89,18 @@ async def read_status(
         "switches": read_history(version.annotations),
         "valid": True,
         "error": None,
+        "decision": None,
     }
     try:
-        parse_config(version.data)
+        config = parse_config(version.data)
     except ConfigError as error:
         document["valid"] = False
         document["error"] = str(error)
+    else:
+        holding = _holding(config, version)
+        if holding is not None:
+            document["decision"] = holding.as_json()
+            document["served"] = {"colour": holding.served, "reason": holding.reason}
     document["events"] = [
         {
             "reason": event.get("reason"),
@@ -103,6 +113,19 @@ async def read_status(
     return document
 
 
+def _holding(config: Config, version: ConfigMapVersion) -> ServedDecision | None:
+    """The recorded decision that holds for this version's desired config, if one does."""
+    decision = read_decision(version.annotations)
+    return decision if decision is not None and decision.applies_to(config) else None
+
+
+def _held(version: ConfigMapVersion) -> ServedDecision | None:
+    try:
+        return _holding(parse_config(version.data), version)
+    except ConfigError:
+        return None
+
+
 async def switch_colour(
     ref: ConfigMapRef,
     kubeconfig: Path | None,
@@ -110,17 +133,26 @@ async def switch_colour(
     *,
     reason: str = "manual",
     context: str | None = None,
+    retry: bool = False,
 ) -> SwitchResult:
-    """Make `colour` active (None: the previous colour, for rollback); idempotent.
+    """Make `colour` the desired colour (None: go back, for rollback); idempotent.
 
-    Refuses, before writing anything, an unknown colour or a result that would not validate.
+    The write deletes any recorded decision of the proxies. When `colour` is already desired
+    but a decision holds it back (a refusal or rollback), only `retry` deletes that decision,
+    so that the proxies try it again; without `retry` that is an OperationError saying so.
+    `colour` None returns to the colour the proxies serve while a decision holds (accepting
+    it), else to the previous colour recorded with the last switch. Refuses, before writing
+    anything, an unknown colour or a result that would not validate.
     """
     async with await load_api_client(kubeconfig, context) as api:
         kube = KubeClient(api, ref)
         version = await kube.read()
         current = version.data.get("active", "")
+        held = _held(version)
+        served = held.served if held is not None else current
         if colour is None:
-            colour = version.annotations.get(PREVIOUS_ANNOTATION)
+            colour = held.served if held is not None else None
+            colour = colour or version.annotations.get(PREVIOUS_ANNOTATION)
             if not colour:
                 raise OperationError(
                     f"nothing to roll back to: ConfigMap {ref} records no previous colour "
@@ -133,7 +165,14 @@ async def switch_colour(
             raise OperationError(
                 f"unknown colour {colour!r}: ConfigMap {ref} has {', '.join(colours) or 'none'}"
             )
-        if colour == current:
+        if colour == current and held is not None and not retry:
+            raise OperationError(
+                f"{colour} is already desired but not served: {held.reason} (recorded by "
+                f"{held.by or 'a proxy'} at {held.at or 'an unknown time'}); the proxies serve "
+                f"{held.served} until the desired config changes. To try {colour} again, run "
+                f"`bluegreen switch {colour} --retry`"
+            )
+        if colour == current and held is None:
             return SwitchResult(current, colour, version.resource_version, changed=False)
         try:
             parse_config({**version.data, "active": colour})
@@ -142,13 +181,19 @@ async def switch_colour(
                 f"switch refused, the result would be invalid:\n{error}"
             ) from error
         at, by = datetime.now(UTC).replace(microsecond=0), operator_identity()
+        # The history says what users saw change: from the served colour, or (accepting what
+        # a decision serves) from the desired colour that was held back.
+        origin = served if served != colour else current
+        annotations: dict[str, str | None] = dict(
+            switch_annotations(version.annotations, origin, colour, reason=reason, by=by, at=at)
+        )
+        if DECISION_ANNOTATION in version.annotations:
+            annotations[DECISION_ANNOTATION] = None  # a person's switch ends every hold
         try:
             written = await kube.patch(
                 version.resource_version,
-                data={"active": colour},
-                annotations=switch_annotations(
-                    version.annotations, current, colour, reason=reason, by=by, at=at
-                ),
+                data={"active": colour} if colour != current else None,
+                annotations=annotations,
             )
         except ConflictError as error:
             raise OperationError(
@@ -156,7 +201,7 @@ async def switch_colour(
                 f"{version.resource_version}); nothing was written. Check `bluegreen status` "
                 "and run the switch again."
             ) from error
-        return SwitchResult(current, colour, written.resource_version, True, at, by)
+        return SwitchResult(origin, colour, written.resource_version, True, at, by)
 
 
 ADMIN_SERVICE = "bluegreen-admin"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -97,6 +99,9 @@ class Config:
     tracing: TraceSettings = field(default_factory=TraceSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     scale: ScaleSettings = field(default_factory=ScaleSettings)
+    revision: str = ""  # free text: a new value is a new desired config (see decision.py)
+    # Of the keys it was parsed from (config_fingerprint); set by parse_config, not by a key.
+    fingerprint: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # A read-only copy, so that a caller's dict cannot change a published config.
@@ -139,6 +144,9 @@ class Config:
         )
 
 
+# Fields of Config that no key sets: derived from the keys as a whole.
+DERIVED_FIELDS = frozenset({"fingerprint"})
+
 # Section name (a field of Config) -> the type it holds, read off Config itself.
 SECTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
     {
@@ -147,6 +155,17 @@ SECTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
         if f.default_factory is not dataclasses.MISSING
     }
 )
+
+
+def config_fingerprint(settings: Mapping[str, str]) -> str:
+    """Identify a desired config: SHA-256 over every key and its text, `active` included.
+
+    Two versions with the same keys and values (a GitOps re-apply, a re-list) have the same
+    fingerprint; any change of a value (`active`, an `upstream.*`, `revision`) gives another.
+    Key order and YAML number/text spelling do not count (values are compared as text).
+    """
+    canonical = json.dumps(sorted(settings.items()), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def parse_config(data: Mapping[str, object]) -> Config:
@@ -194,6 +213,7 @@ def parse_config(data: Mapping[str, object]) -> Config:
         upstreams=upstreams,
         **top,
         **{name: SECTIONS[name](**values) for name, values in sections.items()},
+        fingerprint=config_fingerprint(settings),
     )
     problems += _cross_checks(config, read.failed)
     if problems:

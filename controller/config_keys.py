@@ -41,6 +41,7 @@ from controller.values import (
     SECRET_FILE,
     SIZE,
     STATUS_FLOOR,
+    TEXT,
     URL,
     WORKLOAD,
     ValueKind,
@@ -80,6 +81,13 @@ class Key:
 KEYS: tuple[Key, ...] = (
     Key("active", COLOUR, None, "active", "the colour that receives live traffic"),
     Key("upstream.<colour>", URL, None, "upstreams", "http://host[:port] of a colour; two or more"),
+    Key(
+        "revision",
+        TEXT,
+        "",
+        "revision",
+        "free text, e.g. the release; a new value ends a rollback's hold",
+    ),
     Key(
         "preview.header",
         HEADER,
@@ -154,7 +162,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("health.path", PATH, "/healthz", "health.path", "probed on every colour"),
     Key("health.interval", DURATION, "2s", "health.interval", "between probes"),
-    Key("health.timeout", DURATION, "1s", "health.timeout", "per probe; below health.interval"),
+    Key("health.timeout", DURATION, "1s", "health.timeout", "per probe; at most health.interval"),
     Key(
         "health.failureThreshold",
         POSITIVE,

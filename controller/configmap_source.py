@@ -13,14 +13,17 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
 
-from controller.config import ConfigError, parse_config
-from controller.history import read_history, switch_annotations
+from controller.config import Config, ConfigError, parse_config
+from controller.decision import DECISION_ANNOTATION, ServedDecision, read_decision
+from controller.history import PREVIOUS_ANNOTATION, read_history, switch_annotations
 from controller.kube import (
     ConfigMapRef,
     ConfigMapVersion,
@@ -32,8 +35,8 @@ from controller.kube import (
     load_api_client,
 )
 from controller.leader import Leadership, LeaseSettings
-from controller.rollback import Decision
 from controller.source import OnConfig, OnError
+from controller.state import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ class ConfigMapSource:
     """Follows one ConfigMap and reports each version, valid or not, exactly once.
 
     It also takes part in the election of the replica that decides (a Lease named
-    `<configmap>-leader` beside the ConfigMap) and writes that replica's decisions back.
+    `<configmap>-leader` beside the ConfigMap) and records that replica's decisions in the
+    annotation `bluegreen.io/decision`, never in `data` (see controller/decision.py).
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class ConfigMapSource:
         self._kube: KubeClient | None = None
         self._election: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        # The decision this replica is writing: it holds until the written version is seen.
+        self._pending: ServedDecision | None = None
 
     @property
     def label(self) -> str:
@@ -155,13 +161,25 @@ class ConfigMapSource:
         """The history annotation of the version handled last, newest first."""
         return read_history(self.applied.annotations) if self.applied is not None else []
 
-    def record_decision(self, colour: str, failed: str, decision: Decision, event: str) -> None:
-        """Patch `active: colour` in the background, guarded by the version decided on.
+    def recorded_decision(self) -> ServedDecision | None:
+        """The decision this replica is writing, else the annotation of the version handled last."""
+        if self._pending is not None:
+            return self._pending
+        return read_decision(self.applied.annotations) if self.applied is not None else None
 
-        The resourceVersion guard means that of many replicas one write wins; a conflict or an
-        API error is logged.
+    def record_decision(self, decision: ServedDecision, event: str) -> None:
+        """Write the decision annotation (and a history entry) in the background, then the Event.
+
+        Guarded by the resourceVersion decided on, so of many replicas one write wins; `data`
+        (the desired config) is never written. A conflict or an API error is logged.
         """
-        task = asyncio.create_task(self._patch_back(colour, failed, decision, event))
+        by = self.leadership.identity if self.leadership is not None else "bluegreen"
+        stamped = decision.stamped(by, utc_now())
+        self._pending = stamped
+        self._background(self._write_decision(stamped, event))
+
+    def _background(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(write)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -179,9 +197,7 @@ class ConfigMapSource:
         latest = read_history(based_on.annotations)[:1]
         if latest and (latest[0].get("from"), latest[0].get("to")) == (previous, active):
             return
-        task = asyncio.create_task(self._record_switch(based_on, previous, active))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._background(self._record_switch(based_on, previous, active))
 
     async def _record_switch(self, based_on: ConfigMapVersion, previous: str, active: str) -> None:
         kube = self._kube
@@ -203,44 +219,85 @@ class ConfigMapSource:
         except (KubeError, OSError) as error:
             log.warning("could not record the previous colour: %s", error)
 
-    async def _patch_back(self, colour: str, failed: str, decision: Decision, event: str) -> None:
+    async def _write_decision(self, decision: ServedDecision, event: str) -> None:
+        try:
+            written = await self._patch_decision(decision, event)
+        finally:
+            self._pending = None
+        if written is None:
+            return
+        try:
+            await self.kube.event(
+                written, event, f"{decision.reason} (by {decision.by})", warning=True
+            )
+        except (KubeError, OSError) as error:
+            log.warning("could not record Event reason=%s error=%r", event, str(error))
+
+    async def _patch_decision(
+        self, decision: ServedDecision, event: str
+    ) -> ConfigMapVersion | None:
+        """Patch the decision annotation onto the version decided on; None if not written."""
         based_on, kube = self.applied, self._kube
         if based_on is None or kube is None:
-            return
-        by = self.leadership.identity if self.leadership is not None else "bluegreen"
-        for attempt in range(2):
-            try:
-                written = await kube.patch(
-                    based_on.resource_version,
-                    data={"active": colour},
-                    annotations=switch_annotations(
-                        based_on.annotations, failed, colour, reason=decision.reason, by=by
-                    ),
+            return None
+        for attempt in range(3):
+            annotations: dict[str, str | None] = dict(
+                switch_annotations(
+                    based_on.annotations,
+                    decision.desired,
+                    decision.served,
+                    reason=decision.reason,
+                    by=decision.by,
                 )
-                break
+            )
+            # `bluegreen rollback` still returns to the colour served before the last
+            # person's switch: a decision does not move it.
+            annotations.pop(PREVIOUS_ANNOTATION)
+            annotations[DECISION_ANNOTATION] = decision.to_annotation()
+            try:
+                return await kube.patch(based_on.resource_version, annotations=annotations)
             except ConflictError:
-                # Retried once when only annotations changed (the previous colour recorded a
-                # moment ago): the config decided on is still the one in force. A change of
-                # data (a person's edit, another replica's decision) wins.
+                # Retried when the data is unchanged (a re-apply by a GitOps controller, the
+                # previous colour recorded a moment ago): the desired config decided on is
+                # still the one in force. A change of data (a person's edit) wins.
                 current = await self._read_quietly(kube)
-                if attempt == 0 and current is not None and current.data == based_on.data:
+                if attempt < 2 and current is not None and current.data == based_on.data:
                     based_on = current
                     continue
                 log.warning(
-                    "ConfigMap changed since resourceVersion=%s; not writing the %s",
+                    "ConfigMap changed since resourceVersion=%s; not recording the %s",
                     based_on.resource_version,
                     event,
                 )
-                return
+                return None
             except (KubeError, OSError) as error:
-                log.error("could not write the %s to the ConfigMap: %s", event, error)
-                return
-        else:
+                log.error("could not record the %s on the ConfigMap: %s", event, error)
+                return None
+        return None
+
+    def _clear_stale_decision(self, version: ConfigMapVersion, config: Config) -> None:
+        """Delete a recorded decision that no longer applies (the desired config changed).
+
+        So that the same desired config coming back later (green, blue, green again by hand) is
+        a new switch, not held by an old decision. Only the deciding replica writes; guarded by
+        the version's resourceVersion, and a conflict leaves it to the next version.
+        """
+        recorded = read_decision(version.annotations)
+        if not self.decides or self._pending is not None or recorded is None:
             return
+        if recorded.applies_to(config):
+            return
+        self._background(self._clear_decision(version))
+
+    async def _clear_decision(self, version: ConfigMapVersion) -> None:
         try:
-            await kube.event(written, event, f"{decision.reason} (by {by})", warning=True)
+            await self.kube.patch(version.resource_version, annotations={DECISION_ANNOTATION: None})
+        except ConflictError:
+            log.info("ConfigMap changed; the stale decision is left to the next version")
         except (KubeError, OSError) as error:
-            log.warning("could not record Event reason=%s error=%r", event, str(error))
+            log.warning("could not delete the stale decision: %s", error)
+        else:
+            log.info("deleted the decision made on an earlier desired config")
 
     @staticmethod
     async def _read_quietly(kube: KubeClient) -> ConfigMapVersion | None:
@@ -329,6 +386,7 @@ class ConfigMapSource:
         self.applied = version
         self.last_active = config.active
         self.on_config(config, version.resource_version)
+        self._clear_stale_decision(version, config)
         if previous is not None and previous != config.active:
             await self._event(
                 version,

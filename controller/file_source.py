@@ -1,5 +1,10 @@
 """The local config file source: load it, watch it for edits, and switch `active` in it.
 
+The file is the desired config; the process never writes it. A decision of the process (a
+refused switch, a rollback) is kept in its memory (`recorded_decision`): it holds until the file
+says something else (any change of a value, such as a new `revision:`), and is gone when the
+process restarts, which then serves what the file says. `bluegreen switch` writes the file.
+
 The file holds the flat keys of `controller.config` (or a whole ConfigMap manifest). It is
 watched by polling `os.stat`, which notices in-place writes, editors that save by renaming a new
 file over the old one, and Kubernetes volume updates (a symlink swap), on every platform and with
@@ -23,7 +28,8 @@ from typing import Any
 import yaml
 
 from controller.config import Config, ConfigError, config_from_document, parse_config
-from controller.rollback import Decision
+from controller.decision import ServedDecision
+from controller.state import utc_now
 from controller.yaml_edit import with_active
 
 logger = logging.getLogger(__name__)
@@ -137,6 +143,7 @@ class FileSource:
         self._error_pending = False
         # What was last handed over: ("config", version) or ("error", message).
         self._last: tuple[str, str] | None = None
+        self._decision: ServedDecision | None = None  # in memory only: see the module doc
 
     async def load_initial(self) -> tuple[Config, str]:
         """Load the file as the starting config; raise ConfigError if it is invalid.
@@ -170,12 +177,20 @@ class FileSource:
         """None: a file keeps no switch history, so every change of `active` reads as manual."""
         return []
 
-    def record_decision(self, colour: str, failed: str, decision: Decision, event: str) -> None:
-        """Rewrite `active:` in the file atomically; a failure is logged, not raised."""
-        try:
-            write_active(self.path, colour)
-        except (ConfigError, OSError) as error:
-            logger.error("could not write active=%s to %s: %s", colour, self.path, error)
+    def recorded_decision(self) -> ServedDecision | None:
+        """The process's decision on the file's current config, kept in memory."""
+        return self._decision
+
+    def record_decision(self, decision: ServedDecision, event: str) -> None:
+        """Keep the decision in memory; the file (the desired config) is not written."""
+        self._decision = decision.stamped(f"pid {os.getpid()}", utc_now())
+        logger.info(
+            "holding colour=%s serving=%s until %s changes reason=%r",
+            decision.desired,
+            decision.served,
+            self.path,
+            decision.reason,
+        )
 
     def record_switch(self, previous: str, active: str) -> None:
         """Nothing: a file keeps no history (`bluegreen rollback` needs a ConfigMap)."""
@@ -230,6 +245,9 @@ class FileSource:
         logger.info(
             "config changed path=%s version=%s active=%s", self.path, version, config.active
         )
+        if self._decision is not None and not self._decision.applies_to(config):
+            # A new desired config: the same one coming back later is a new switch.
+            self._decision = None
         try:
             self.on_config(config, version)
         except Exception:

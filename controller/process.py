@@ -2,6 +2,10 @@
 
 Both planes share one event loop. The source calls `apply` or `reject` for every version it
 sees; `apply` builds the immutable routing table and swaps it into the proxy in one assignment.
+
+The config is the desired state; what is served is the desired colour unless a decision
+recorded for that same desired config says otherwise (controller/decision.py). Refusals and
+rollbacks record such a decision; they never rewrite the config.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from aiohttp import web
 from controller.build import BuildInfo
 from controller.config import Config, ConfigError
 from controller.configmap_source import ConfigMapSource, ConfigMapSpec
+from controller.decision import ServedDecision, served_colour
 from controller.file_source import FileSource
 from controller.guard import SwitchGuard, policy_of
 from controller.health import HealthChecker
@@ -82,10 +87,10 @@ class LocalHold:
 
     A replica that does not hold the Lease refuses a switch to a colour its probes say is
     unhealthy, and leaves a colour that turns unhealthy after a switch, at once and by itself;
-    it records nothing (the leader writes the Event, the history and the config). The hold
-    ends when the config stops asking for `colour` (the leader's write-back, or a person's next
-    switch), or when this replica's own checks say `colour` is healthy again; a replica that
-    starts leading while it holds records the decision itself.
+    it records nothing (the leader records the decision, the Event and the history). The hold
+    ends when the leader's recorded decision covers it, when the config stops asking for
+    `colour` (a person's next switch), or when this replica's own checks say `colour` is healthy
+    again; a replica that starts leading while it holds records the decision itself.
     """
 
     colour: str  # the colour the config asks for, held back
@@ -126,6 +131,8 @@ class ProxyProcess:
         self.guard = SwitchGuard(self.stats, self.health.health, time.monotonic)
         self.config_applied: Config | None = None
         self.desired: tuple[Config, str] | None = None  # the source's last valid config
+        # The recorded decision that applies to the desired config, if one does.
+        self.decision: ServedDecision | None = None
         self.hold: LocalHold | None = None
         self.shadow_gate: str | None = None  # what the shadow gate said of the last switch
         # Scaling the idle colour (scale.* keys) needs the API server: only with a ConfigMap.
@@ -158,16 +165,26 @@ class ProxyProcess:
     def apply(self, config: Config, version: str) -> None:
         """Swap in the routing table of an accepted config and record what changed.
 
-        A change of `active` is preflighted first, on every replica with its own health
-        checks: a switch to a colour failing them is refused, so no replica sends it a live
-        request. Only the replica that decides records the refusal (and writes the config back
-        to the colour it came from); any other holds locally (see `LocalHold`).
+        The colour served is the config's `active` (desired), unless the source's recorded
+        decision applies to this very config: then it is the decision's colour, on every
+        replica, and re-applying the same config changes nothing. A change of the served
+        colour otherwise is preflighted first, on every replica with its own health checks: a
+        switch to a colour failing them is refused, so no replica sends it a live request. Only
+        the replica that decides records the refusal; any other holds locally (`LocalHold`).
         """
         self.desired = (config, version)
         self.metrics.show_desired(tuple(config.upstreams), config.active)
-        self._end_hold_if_resolved(config)
         self._last_rejection = None
         previous = self.state.table.active if self.state.table is not None else None
+        served, why = served_colour(config, self.source.recorded_decision())
+        if why is not None:
+            self.decision = self.source.recorded_decision()
+            self.hold = None  # the recorded decision covers what this replica held back
+            self.guard.mark_failed(config.active, why)
+            self._swap(replace(config, active=served), version, reason=why)
+            return
+        self.decision = None
+        self._end_hold_if_resolved(config)
         if previous is not None and config.active != previous:
             waiting = self.scaler.waits_for(config) if self.scaler is not None else None
             if waiting is not None:
@@ -246,10 +263,12 @@ class ProxyProcess:
             return
         self.hold = None
         decision = hold.decision
+        config = desired[0]
         log.warning("now leading: recording colour=%s reason=%r", hold.colour, decision.reason)
         self.guard.mark_failed(hold.colour, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
-        self.source.record_decision(hold.serving, hold.colour, decision, hold.event)
+        if config.active == hold.colour:
+            self._record(config, hold.serving, decision, hold.event)
 
     def _recorded_reason(self, previous: str | None, active: str) -> str:
         """Why the active colour changed, as the source's writer recorded it; else manual."""
@@ -290,7 +309,7 @@ class ProxyProcess:
         self.guard.mark_failed(config.active, decision.reason)
         self.metrics.rollbacks.labels(decision.kind).inc()
         self._swap(replace(config, active=previous), version, reason=decision.reason)
-        self.source.record_decision(previous, config.active, decision, _event_of(decision))
+        self._record(config, previous, decision, _event_of(decision))
 
     def _decides(self) -> bool:
         return self.decides
@@ -303,20 +322,21 @@ class ProxyProcess:
 
     def _refuse_scaled_switch(self, colour: str, reason: str) -> None:
         """A switch to a scaled-down colour that did not get ready in time: traffic stays."""
-        served = self._served()
-        if served is None or not self.decides:
+        served, desired = self._served(), self._desired_config()
+        if served is None or desired is None or not self.decides:
             return
         self.state.refused(served, colour, reason)
         self.guard.mark_failed(colour, reason)
         self.metrics.rollbacks.labels("scale_up_timeout").inc()
         decision = Decision(Action.REFUSE, None, reason, "scale_up_timeout")
-        self.source.record_decision(served, colour, decision, "ScaleUpTimedOut")
+        if desired.active == colour:  # recorded for the desired config that asked for it
+            self._record(desired, served, decision, "ScaleUpTimedOut")
 
     def _roll_back(self, decision: Decision) -> None:
-        config = self.config_applied
         table = self.state.table
-        if config is None or table is None or decision.target is None:
+        if self.desired is None or table is None or decision.target is None:
             return
+        config, _ = self.desired
         log.warning(
             "rolling back from=%s to=%s reason=%r", table.active, decision.target, decision.reason
         )
@@ -324,7 +344,14 @@ class ProxyProcess:
         self.metrics.rollbacks.labels(decision.kind).inc()
         failed = table.active
         self._swap(replace(config, active=decision.target), table.version, reason=decision.reason)
-        self.source.record_decision(decision.target, failed, decision, "RolledBack")
+        if failed == config.active:  # the colour watched is the desired one: always, so far
+            self._record(config, decision.target, decision, "RolledBack")
+
+    def _record(self, config: Config, served: str, decision: Decision, event: str) -> None:
+        """Record that `served` is served instead of the desired `config.active`, and why."""
+        recorded = ServedDecision(config.active, served, config.fingerprint, decision.reason)
+        self.decision = recorded
+        self.source.record_decision(recorded, event)
 
     async def _guard_loop(self) -> None:
         while True:
@@ -362,7 +389,8 @@ class ProxyProcess:
         """Return the `/status` JSON: the state's snapshot, with the desired colour and why.
 
         `active` is the colour served; `desired` is the config's `active`, and
-        `desired_reason` says why it is not served when they differ.
+        `desired_reason` says why it is not served when they differ; `decision` is the
+        recorded decision that holds (controller/decision.py), or null.
         """
         snapshot = self.state.snapshot(self.stats, self.health_of, self.guard.failed)
         desired = self.desired[0].active if self.desired is not None else None
@@ -371,6 +399,7 @@ class ProxyProcess:
         snapshot["shadow"] = self._shadow_status()
         if self.scaler is not None:
             snapshot["scale"] = self.scaler.status()
+        snapshot["decision"] = self.decision.as_json() if self.decision is not None else None
         return snapshot
 
     def _shadow_status(self) -> dict[str, Any]:
@@ -392,6 +421,8 @@ class ProxyProcess:
     def _why_not_desired(self, desired: str | None, served: str | None) -> str | None:
         if desired is None or desired == served:
             return None
+        if self.decision is not None:
+            return self.decision.reason
         waiting = self.scaler.waits_for(self.desired[0]) if self.scaler and self.desired else None
         if waiting is not None:
             return waiting

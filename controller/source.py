@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from controller.config import Config, ConfigError
-from controller.rollback import Decision
+from controller.decision import ServedDecision
 
 # Called with every new valid version (the config and its version label), and with every fault.
 OnConfig = Callable[[Config, str], None]
@@ -49,10 +49,21 @@ class ConfigSource(Protocol):
         """The switches recorded with the current version, newest first (none for a file)."""
         ...
 
-    def record_decision(self, colour: str, failed: str, decision: Decision, event: str) -> None:
-        """Make the source say `active: colour` after `decision` moved away from `failed`.
+    def recorded_decision(self) -> ServedDecision | None:
+        """The proxies' decision recorded with the current version, if any.
 
-        Never raises: a write that fails is logged, since routing has already moved.
+        A ConfigMap's is its `bluegreen.io/decision` annotation (or the one this replica is
+        writing); a file's lives in the process's memory. It may be stale (made on another
+        desired config): `ServedDecision.applies_to` says.
+        """
+        ...
+
+    def record_decision(self, decision: ServedDecision, event: str) -> None:
+        """Record that `decision.served` is served instead of the desired `decision.desired`.
+
+        The desired config itself is never written. `event` is the Kubernetes Event's reason
+        (`RolledBack`, `TargetUnhealthy`). Never raises: a write that fails is logged, since
+        routing has already moved.
         """
         ...
 

@@ -483,6 +483,7 @@ class ValueKind(Generic[_T_co]):
 
 
 COLOUR = ValueKind("colour", lambda text: text.strip())  # membership is checked by the caller
+TEXT = ValueKind("text", lambda text: text.strip())
 URL = ValueKind("URL", parse_url)
 HEADER = ValueKind("header name", parse_header)
 SECRET = ValueKind("secret text", parse_token)

@@ -371,7 +371,7 @@ def test_config_upstreams_cannot_be_changed_after_parsing() -> None:
             "helth.path",
             "/x",
             "helth.path: unknown key; did you mean health.path? known keys: active, "
-            "upstream.<colour>, preview.header",
+            "upstream.<colour>, revision, preview.header",
         ),
         ("upstrem.green", "http://g", "upstrem.green: unknown key; did you mean upstream.green?"),
         ("Active", "blue", "Active: unknown key; did you mean active?"),

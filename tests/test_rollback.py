@@ -132,17 +132,31 @@ async def test_unhealthy_new_colour_is_rolled_back_and_stays_back(
     )
     assert took < 0.1 * 2 + 0.5  # interval x failureThreshold, plus a margin
     assert (await live(process, 3))[-1] == (200, "blue")
-    await wait(lambda: active_in(config) == "blue", 2)  # the file agrees with the routing
     latest = process.state.switches[0]
     assert (latest.from_colour, latest.to_colour) == ("green", "blue")
     assert latest.reason == "rollback: green unhealthy (active health check)"
     assert process.guard.failed["green"] == latest.reason
+    # The file is the desired state: never rewritten. The decision is the process's, in memory.
+    assert active_in(config) == "green"
+    status = process.status()
+    assert (status["active"], status["desired"], status["desired_reason"]) == (
+        "blue",
+        "green",
+        latest.reason,
+    )
+    assert status["decision"]["served"] == "blue"
     # No flip-flop: green recovers, nothing switches back by itself.
     colours["green"].healthy = True
     await wait(lambda: process.health.health("green") is H, 2)
     await asyncio.sleep(0.5)
     assert process.state.table is not None and process.state.table.active == "blue"
-    assert active_in(config) == "blue"
+    # A new desired config (a new revision) ends the hold: green is switched to, and watched.
+    config.write_text(config.read_text() + "revision: v2-fixed\n")
+    await wait(lambda: process.status()["active"] == "green", 2)
+    assert process.state.switches[0].reason == "manual"
+    assert process.status()["decision"] is None
+    colours["green"].healthy = False
+    await wait(lambda: process.status()["active"] == "blue", 5)
 
 
 async def test_switch_to_an_unhealthy_colour_is_refused_and_reverted(
@@ -160,7 +174,8 @@ async def test_switch_to_an_unhealthy_colour_is_refused_and_reverted(
         "refused: green unhealthy",
     )
     assert process.state.table is not None and process.state.table.active == "blue"
-    await wait(lambda: active_in(config) == "blue", 2)
+    assert active_in(config) == "green"  # the desired colour stays; the refusal holds it back
+    assert process.status()["desired_reason"] == "refused: green unhealthy"
     assert all(colour == "blue" for _, colour in await live(process, 5))
 
 
@@ -178,7 +193,8 @@ async def test_error_rate_rolls_back_only_past_min_requests(
     await live(process, 8)
     await wait(lambda: process.state.table is not None and process.state.table.active == "blue", 2)
     assert process.state.switches[0].reason == "rollback: error rate 1.00 over 10 requests"
-    await wait(lambda: active_in(config) == "blue", 2)
+    assert active_in(config) == "green"
+    assert process.status()["desired"] == "green"
 
 
 async def test_switch_wait_on_a_file_says_served_or_refused(
@@ -196,6 +212,7 @@ async def test_switch_wait_on_a_file_says_served_or_refused(
     code, out, err = await run_cli("switch", "green", "--config", str(config), "--wait", admin)
     assert code == 4, (out, err)
     assert "not served: refused: green unhealthy" in err
-    assert active_in(config) == "blue"  # the process wrote the refusal back
+    assert active_in(config) == "green"  # desired; the process holds it back, in memory
+    assert process.status()["active"] == "blue"
     code, _, err = await run_cli("switch", "green", "--config", str(config), "--wait")
     assert code == 2 and "needs the running proxy: add --admin URL" in err

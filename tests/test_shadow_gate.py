@@ -147,7 +147,9 @@ async def test_a_wrong_idle_colour_is_refused_with_the_reason(
     reason = "refused: green shadow mismatch 0.33 over 60 requests"
     assert (refusal.from_colour, refusal.to_colour, refusal.reason) == ("blue", "green", reason)
     assert served(process) == "blue"
-    await wait(lambda: active_in(config) == "blue", 2)  # written back, as for an unhealthy one
+    # The desired colour stays in the file, as for an unhealthy one; the refusal holds it back.
+    assert active_in(config) == "green"
+    assert (await admin_status(process))["desired_reason"] == reason
     assert process.guard.failed["green"] == reason
     assert process.metrics.rollbacks.labels("shadow_mismatch")._value.get() == 1
     status = await admin_status(process)

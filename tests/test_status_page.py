@@ -146,11 +146,15 @@ async def test_status_page_follows_switch_rollback_error_and_lost_connection(
     await expect(green).to_contain_text("unhealthy", timeout=WAIT_MS)
     await expect(green).to_contain_text("marked failed")
     await expect(green).to_contain_text("answered 503", timeout=WAIT_MS)
+    # The file is the desired state, never rewritten: the page says green is held back.
+    assert "active: green" in config.read_text()
+    desired = page.locator("#desired")
+    await expect(desired).to_contain_text("green", timeout=WAIT_MS)
+    await expect(desired).to_contain_text(f"not served: {reason}")
     colours["green"].healthy = True
     await expect(green).not_to_contain_text("last probe", timeout=WAIT_MS)
 
     # An invalid edit, with markup in it: rejected, shown as text, never as markup.
-    await wait(lambda: "active: blue" in config.read_text(), 5, "rollback written back")
     atomic_write(config, breakable_config(colours, XSS) + "drain.timeout: soon\n")
     error = page.locator("#last-error pre")
     await expect(error).to_contain_text(f"'{XSS}' is not one of the colours", timeout=WAIT_MS)

@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from controller.decision import DECISION_ANNOTATION, ServedDecision, read_decision
 from controller.history import HISTORY_ANNOTATION, PREVIOUS_ANNOTATION
 from tests.cluster.node import NODE_PORT, REPO, Cluster, ClusterError
 from tests.cluster.traffic import check_answer, wait_until
@@ -106,6 +107,10 @@ class Example:
         entries: list[dict[str, str]] = json.loads(annotations.get(HISTORY_ANNOTATION, "[]"))
         return entries
 
+    def decision(self) -> ServedDecision | None:
+        """The proxies' recorded decision (controller/decision.py), if any."""
+        return read_decision(self.configmap()["metadata"].get("annotations") or {})
+
     def events(self, reason: str) -> list[dict[str, Any]]:
         """Events about the ConfigMap with this reason."""
         selector = "involvedObject.kind%3DConfigMap,involvedObject.name%3Dbluegreen"
@@ -186,7 +191,13 @@ class Example:
             f"/api/v1/namespaces/{NAMESPACE}/configmaps/bluegreen",
             method="PATCH",
             body={
-                "metadata": {"annotations": {HISTORY_ANNOTATION: None, PREVIOUS_ANNOTATION: None}},
+                "metadata": {
+                    "annotations": {
+                        HISTORY_ANNOTATION: None,
+                        PREVIOUS_ANNOTATION: None,
+                        DECISION_ANNOTATION: None,
+                    }
+                },
                 "data": {"active": "blue"},
             },
         )

@@ -74,7 +74,10 @@ def test_green_failing_after_the_switch_is_rolled_back_once(
             assert not load.failures, load.summary()
         assert example.serves("blue", 50)
 
-        assert example.configmap()["data"]["active"] == "blue"
+        # `active` is desired and stays green; the decision to serve blue is the annotation's.
+        assert example.configmap()["data"]["active"] == "green"
+        decision = example.decision()
+        assert decision is not None and (decision.desired, decision.served) == ("green", "blue")
         rollbacks = [h for h in example.history() if h["reason"].startswith("rollback:")]
         assert len(rollbacks) == 1, example.history()
         assert (rollbacks[0]["from"], rollbacks[0]["to"]) == ("green", "blue")

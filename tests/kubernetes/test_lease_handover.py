@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
+from controller.decision import read_decision
 from controller.history import read_history
 from controller.kube import ConfigMapRef, KubeClient
 from tests.kubernetes.apiserver import KubeApiServer
@@ -138,11 +139,11 @@ async def test_sigterm_hands_the_lease_over_and_a_bad_switch_is_still_rolled_bac
 
     kube = KubeClient(cluster.api, cluster.ref)
     deadline = time.monotonic() + 5
-    while (version := await kube.read()).data["active"] != "blue" or not read_history(
-        version.annotations
-    ):
+    while (recorded := read_decision((version := await kube.read()).annotations)) is None:
         assert time.monotonic() < deadline, f"the bad switch was not undone: {version.data}"
         await asyncio.sleep(0.05)
+    assert (recorded.desired, recorded.served) == ("green", "blue")
+    assert version.data["active"] == "green"  # desired; the proxies never rewrite it
     decision = read_history(version.annotations)[0]
     assert decision["from"] == "green" and decision["to"] == "blue"
     assert decision["reason"].startswith(("refused: green", "rollback: green"))

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
+from controller.decision import DECISION_ANNOTATION, ServedDecision, read_decision
 from controller.health_state import Health
 from controller.history import HISTORY_ANNOTATION, PREVIOUS_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient
@@ -83,6 +84,9 @@ class Replicas:
         history = json.loads(version.annotations.get(HISTORY_ANNOTATION, "[]"))
         return version.data["active"], history
 
+    async def decision(self) -> ServedDecision | None:
+        return read_decision((await KubeClient(self.api, self.ref).read()).annotations)
+
     async def events(self, reason: str) -> list[dict[str, Any]]:
         return [e for e in await KubeClient(self.api, self.ref).events() if e["reason"] == reason]
 
@@ -126,12 +130,18 @@ async def _replicas(
                     await asyncio.wait_for(task, 10)
 
 
-async def configmap_says(replicas: Replicas, colour: str) -> None:
-    """Wait until the ConfigMap's `active` is `colour` (the rollback write is asynchronous)."""
+async def decision_recorded(replicas: Replicas, desired: str, served: str) -> ServedDecision:
+    """Wait until the ConfigMap records that `served` is served instead of `desired`.
+
+    The write is asynchronous. `active` (the desired colour) is never written by the proxies.
+    """
     deadline = time.monotonic() + 5
-    while (await replicas.configmap())[0] != colour:
-        assert time.monotonic() < deadline, f"the ConfigMap never said {colour}"
+    while (decision := await replicas.decision()) is None:
+        assert time.monotonic() < deadline, f"no decision recorded ({DECISION_ANNOTATION})"
         await asyncio.sleep(0.05)
+    assert (decision.desired, decision.served) == (desired, served)
+    assert (await replicas.configmap())[0] == desired
+    return decision
 
 
 async def healthy_everywhere(replicas: Replicas) -> None:
@@ -162,7 +172,9 @@ async def test_three_replicas_roll_back_once(replicas: Replicas) -> None:
     )
     print(f"all three replicas back on blue {took * 1000:.0f} ms after green failed")
     assert took < 0.2 * 2 + 1.5  # interval x failureThreshold, plus the watch and a margin
-    await configmap_says(replicas, "blue")
+    decision = await decision_recorded(replicas, "green", "blue")
+    assert decision.reason.startswith("rollback: green unhealthy")
+    assert decision.by == replicas.leader().source.leadership.identity  # type: ignore[union-attr]
     _, history = await replicas.configmap()
     rollbacks = [h for h in history if h["reason"].startswith("rollback:")]
     assert len(rollbacks) == 1  # exactly one write won
@@ -172,11 +184,15 @@ async def test_three_replicas_roll_back_once(replicas: Replicas) -> None:
     for process in replicas.processes:
         assert process.state.switches[0].reason.startswith("rollback: green unhealthy")
         assert process.guard.failed["green"].startswith("rollback: green unhealthy")
+        status = process.status()
+        assert (status["active"], status["desired"]) == ("blue", "green")
+        assert status["desired_reason"] == decision.reason
     # No flip-flop: green recovers and stays idle.
     replicas.colours["green"].healthy = True
     await healthy_everywhere(replicas)
     await asyncio.sleep(1)
-    assert (await replicas.configmap())[0] == "blue"
+    assert all(p.status()["active"] == "blue" for p in replicas.processes)
+    assert await replicas.decision() == decision
 
 
 async def test_switch_to_an_unhealthy_colour_is_refused(replicas: Replicas) -> None:
@@ -188,8 +204,8 @@ async def test_switch_to_an_unhealthy_colour_is_refused(replicas: Replicas) -> N
     await wait(lambda: bool(replicas.processes[0].state.switches), 5)
     assert replicas.processes[0].state.switches[0].reason == "refused: green unhealthy"
 
-    await configmap_says(replicas, "blue")
-    # The Event is recorded after the write-back: wait for it, then make sure it stays one.
+    await decision_recorded(replicas, "green", "blue")
+    # The Event is recorded after the decision: wait for it, then make sure it stays one.
     await wait_for_async(
         lambda: _has_events(replicas, "TargetUnhealthy"),
         5,
@@ -242,7 +258,9 @@ async def test_a_new_leader_takes_over_and_still_rolls_back(replicas: Replicas) 
     await wait(lambda: second.state.table is not None and second.state.table.active == "green", 5)
     replicas.colours["green"].healthy = False
     await wait(lambda: second.state.table is not None and second.state.table.active == "blue", 5)
-    await configmap_says(replicas, "blue")
+    decision = await decision_recorded(replicas, "green", "blue")
+    assert second.source.leadership is not None  # type: ignore[attr-defined]
+    assert decision.by == second.source.leadership.identity  # type: ignore[attr-defined]
 
 
 async def sample_for(replicas: Replicas, seconds: float, every: float = 0.005) -> Counter[str]:
@@ -290,21 +308,21 @@ async def test_no_replica_serves_a_refused_colour(replicas: Replicas) -> None:
         assert [(r.from_colour, r.to_colour, r.reason) for r in process.state.switches] == [
             ("blue", "green", "refused: green unhealthy")
         ]
-    await configmap_says(replicas, "blue")  # the leader, and only it, wrote it back
+    await decision_recorded(replicas, "green", "blue")  # the leader, and only it, recorded it
     await wait_for_async(lambda: _has_events(replicas, "TargetUnhealthy"), 5)
     await asyncio.sleep(1)
     assert len(await replicas.events("TargetUnhealthy")) == 1
     _, history = await replicas.configmap()
     assert [h["reason"] for h in history] == ["refused: green unhealthy"]
     for process in replicas.processes:
-        assert process.hold is None  # the write-back ended every follower's hold
+        assert process.hold is None  # the recorded decision took over every follower's hold
         assert process.guard.failed["green"] == "refused: green unhealthy"
         assert process.state.switches[0].reason == "refused: green unhealthy"
         status = process.status()
         assert (status["active"], status["desired"], status["desired_reason"]) == (
             "blue",
-            "blue",
-            None,
+            "green",
+            "refused: green unhealthy",
         )
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
+from controller.decision import read_decision
 from controller.kube import MERGE_PATCH, ConfigMapRef, KubeClient, load_api_client
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, ProxyProcess
@@ -294,8 +295,12 @@ async def test_a_scale_up_that_times_out_leaves_traffic_and_says_why(
         assert served(process) == "green"
         [event] = await made.events("ScaleUpTimedOut")
         assert event["message"].startswith("refused: blue not ready after 1s: 0/10 replicas")
-        # The current model writes the refusal back as `active`; traffic never moved.
-        assert (await made.configmap()).data["active"] == "green"
+        # `active` stays desired (blue); the refusal is the recorded decision. Traffic never moved.
+        configmap = await made.configmap()
+        assert configmap.data["active"] == "blue"
+        recorded = read_decision(configmap.annotations)
+        assert recorded is not None and (recorded.desired, recorded.served) == ("blue", "green")
+        assert process.status()["desired_reason"].startswith("refused: blue not ready")
         await wait_for_async(lambda: _replicas_are(made, "blue", 0), 5, "blue scaled back")
         assert read_records((await made.configmap()).annotations)["blue"].replicas == 10
         assert process.state.switches[0].reason.startswith("refused: blue not ready")
