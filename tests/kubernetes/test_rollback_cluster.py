@@ -233,7 +233,8 @@ async def test_switch_to_a_colour_whose_shadows_mismatch_is_refused(
     await wait(lambda: bool(process.state.switches), 5)
     reason = "refused: green shadow mismatch 0.33 over 30 requests"
     assert process.state.switches[0].reason == reason
-    await configmap_says(replicas, "blue")
+    decision = await decision_recorded(replicas, "green", "blue")  # `active` stays green
+    assert decision.reason == reason
     _, history = await replicas.configmap()
     assert history[0]["reason"] == reason
     await wait_for_async(lambda: _has_events(replicas, "ShadowMismatch"), 5)
