@@ -20,8 +20,10 @@ import uvloop
 from proxy.access_log import AccessLogSettings
 from proxy.downstream import ClientConnection
 from proxy.metrics import TrafficStats
+from proxy.preview_cookie import issue
 from proxy.routing import RoutingTable, Upstream
 from proxy.server import ProxyServer
+from proxy.session_affinity import DrainWindow, SessionPolicy
 from proxy.upstream import UpstreamConnection
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -81,11 +83,15 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-def measure(request: bytes, count: int, access_log: str = "off") -> float:
+def measure(request: bytes, count: int, access_log: str = "off", session: str = "off") -> float:
     """Return microseconds of Python per request over `count` requests on one connection.
 
     With `access_log` (json or clf) every request is logged, and the loop runs every 64
     requests so that the lines are formatted and written (to stdout: send it to /dev/null).
+    `session` turns session.affinity on: `cookie` with blue live, and a request that has a
+    Cookie field carries a fresh session cookie for blue (a browser's steady state; one without
+    gets a Set-Cookie on every response, as wrk does); `drain` just after a switch to green,
+    the cookie keeping the request on blue.
     """
     loop = uvloop.new_event_loop()  # what production runs on
     try:
@@ -93,9 +99,22 @@ def measure(request: bytes, count: int, access_log: str = "off") -> float:
             "blue": Upstream("blue", "http://127.0.0.1:1", "127.0.0.1", 1),
             "green": Upstream("green", "http://127.0.0.1:2", "127.0.0.1", 2),
         }
+        policy = SessionPolicy(affinity="cookie" if session != "off" else "none")
+        draining = session == "drain"
         table = RoutingTable(
-            "v", "blue", "green", upstreams, access_log=AccessLogSettings(format=access_log)
+            "v",
+            "green" if draining else "blue",
+            "blue" if draining else "green",
+            upstreams,
+            access_log=AccessLogSettings(format=access_log),
+            session=policy,
+            drain=DrainWindow("blue", time.time() + 3600) if draining else None,
         )
+        if draining and b"Cookie: " not in request:
+            raise ValueError("session drain: only a request with a Cookie field stays on blue")
+        if session != "off":
+            value = issue(policy.key(table.preview.cookie_key), "blue", time.time() + 300)
+            request = request.replace(b"Cookie: ", b"Cookie: bluegreen_session=%s; " % value)
         server = ProxyServer(TrafficStats(), table, loop=loop)
         pool = server.pool_for(upstreams["blue"], server.table)  # type: ignore[arg-type]
         upstream = UpstreamConnection(pool)
@@ -112,7 +131,7 @@ def measure(request: bytes, count: int, access_log: str = "off") -> float:
                 loop.call_soon(loop.stop)
                 loop.run_forever()  # the access log's drain runs, as it would between reads
         elapsed = time.perf_counter() - started
-        assert server.stats.request_count("blue") == count
+        assert sum(server.stats.request_count(c) for c in upstreams) == count
         if access_log != "off":
             # Every request was logged: formatted and written, or queued since the last drain.
             assert server.access_log is not None, "the access log is not on"

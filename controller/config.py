@@ -44,6 +44,7 @@ from proxy.routing import (
     TraceSettings,
     Upstream,
 )
+from proxy.session_affinity import DrainWindow, SessionPolicy
 
 _SETTING_KEYS = frozenset(KNOWN_KEYS) - {"upstream.<colour>", SCALE_WORKLOAD_KEY}
 # Read before the table loop, in this order, because the rest refers to the colours.
@@ -99,6 +100,7 @@ class Config:
     tracing: TraceSettings = field(default_factory=TraceSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     scale: ScaleSettings = field(default_factory=ScaleSettings)
+    session: SessionPolicy = field(default_factory=SessionPolicy)
     revision: str = ""  # free text: a new value is a new desired config (see decision.py)
     # Of the keys it was parsed from (config_fingerprint); set by parse_config, not by a key.
     fingerprint: str = field(default="", compare=False)
@@ -120,8 +122,12 @@ class Config:
         others = [colour for colour in self.upstreams if colour != self.active]
         return others[0] if len(self.upstreams) == 2 and len(others) == 1 else None
 
-    def to_routing_table(self, version: str) -> RoutingTable:
-        """Return the immutable routing table for this config, labelled with `version`."""
+    def to_routing_table(self, version: str, drain: DrainWindow | None = None) -> RoutingTable:
+        """Return the immutable routing table for this config, labelled with `version`.
+
+        `drain` is the session drain window after a switch (proxy/session_affinity.py), which
+        the process decides; the config alone has none.
+        """
         upstreams = {}
         for colour, url in self.upstreams.items():
             host, port = split_http_url(url)
@@ -141,6 +147,8 @@ class Config:
             access_log=self.access_log,
             tracing=self.tracing,
             shadow=self.shadow,
+            session=self.session,
+            drain=drain,
         )
 
 
@@ -239,6 +247,11 @@ def _cross_checks(config: Config, failed: set[str]) -> list[str]:
         problems.append(
             "preview.token and preview.tokenFile are both set; keep one (tokenFile, so that the "
             "token lives in a Secret)"
+        )
+    if config.session.enabled and config.session.cookie == preview.cookie:
+        problems.append(
+            f"session.cookie: {config.session.cookie!r} is also preview.cookie; give the session "
+            "cookie another name (the default is bluegreen_session)"
         )
     for key, size in (
         ("limits.requestHeadSize", config.limits.max_head_size),

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from controller.values import (
+    AFFINITY,
     BOOLEAN,
     COLOUR,
     COOKIE_NAME,
@@ -138,6 +139,34 @@ KEYS: tuple[Key, ...] = (
         "",
         "preview.cookie_key_from_file",
         "the cookie's HMAC key (32+ bytes, a mounted Secret); empty: from the token",
+    ),
+    Key(
+        "session.affinity",
+        AFFINITY,
+        "none",
+        "session.affinity",
+        "cookie: after a switch, sessions on the old colour stay there for a while",
+    ),
+    Key(
+        "session.cookie",
+        COOKIE_NAME,
+        "bluegreen_session",
+        "session.cookie",
+        "the cookie naming the colour that answered (session.affinity: cookie)",
+    ),
+    Key(
+        "session.drainTimeout",
+        DURATION,
+        "5m",
+        "session.drain_timeout",
+        "how long after a switch sessions may stay on the old colour (the cookie's life)",
+    ),
+    Key(
+        "session.cookieKeyFile",
+        KEY_FILE,
+        "",
+        "session.cookie_key_from_file",
+        "the session cookie's key material (32+ bytes); empty: the preview cookie's",
     ),
     Key(
         "forwarded.trustedCIDRs",

@@ -37,6 +37,7 @@ from controller.state import ControlState, utc_now
 from proxy.admin import build_admin_app
 from proxy.metrics import TrafficStats
 from proxy.server import ProxyServer, ServerSettings
+from proxy.session_affinity import drain_after
 
 # ConfigMapSpec is part of how a process is made (the CLI and tests import it from here).
 __all__ = ["ConfigMapSpec", "Endpoint", "ProxyProcess", "ShutdownSettings"]
@@ -275,8 +276,24 @@ class ProxyProcess:
         return recorded_reason(self.source.recorded_switches(), previous, active, utc_now())
 
     def _swap(self, config: Config, version: str, reason: str) -> None:
-        """Publish the config's routing table; watch the switch it makes if a person made it."""
-        table = config.to_routing_table(version)
+        """Publish the config's routing table; watch the switch it makes if a person made it.
+
+        With session affinity, a switch a person made opens a drain window for the colour it
+        leaves; a rollback or a refusal opens none (everyone moves at once).
+        """
+        previous = self.state.table
+        drain = drain_after(
+            config.session,
+            previous.active if previous is not None else None,
+            previous.drain if previous is not None else None,
+            config.active,
+            config.colours,
+            manual=reason == "manual",
+            old_unhealthy=previous is not None
+            and self.health.health(previous.active) is Health.UNHEALTHY,
+            now=time.time(),
+        )
+        table = config.to_routing_table(version, drain)
         assert self.server is not None
         self.server.swap_table(table)
         self.config_applied = config
@@ -441,6 +458,19 @@ class ProxyProcess:
 
     def _health_changed(self, colour: str, before: HealthState, after: HealthState) -> None:
         self._show_health(colour, after.health)
+        table = self.state.table
+        if (
+            after.health is Health.UNHEALTHY
+            and table is not None
+            and table.drain is not None
+            and table.drain.colour == colour
+            and self.server is not None
+        ):
+            # Sessions kept on the old colour move to the active one: it no longer answers.
+            log.warning("session drain ended early colour=%s reason=unhealthy", colour)
+            table = replace(table, drain=None)
+            self.server.swap_table(table)
+            self.state.table = table
 
     def _show_health(self, colour: str, health: Health) -> None:
         gauge = self.metrics.upstream_healthy

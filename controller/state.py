@@ -5,6 +5,7 @@ Pure bookkeeping with no I/O, shared by the admin `/status` endpoint, the CLI an
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 from proxy.metrics import TrafficStats
 from proxy.routing import RoutingTable
+from proxy.session_affinity import KEPT
 
 SWITCH_HISTORY = 20
 
@@ -119,6 +121,7 @@ class ControlState:
             "colours": colours,
             "preview_header": table.preview.header if table is not None else None,
             "preview_link": preview_link(table) if table is not None else None,
+            "session_affinity": session_affinity(table, stats) if table is not None else None,
             "config_version": table.version if table is not None else None,
             "config_changed_at": iso(self.config_changed_at),
             "last_error": self.last_error,
@@ -140,4 +143,32 @@ def preview_link(table: RoutingTable) -> dict[str, Any]:
         "off": f"{preview.path}/off",
         "cookie": preview.cookie,
         "colour": table.idle,
+    }
+
+
+def session_affinity(table: RoutingTable, stats: TrafficStats | None) -> dict[str, Any]:
+    """Session affinity for `/status`: the mode, and the colour being drained, if any.
+
+    `draining` is None when no session is kept on another colour: affinity off, no switch in
+    the last `session.drainTimeout`, or the window ended (its colour rolled back from,
+    unhealthy or removed). `kept_requests` counts requests its cookie kept on that colour since
+    start-up; bluegreen_session_cookie_requests_total gives the rate.
+    """
+    session = table.session
+    drain = table.drain
+    left = drain.until - time.time() if drain is not None else 0.0
+    draining = None
+    if drain is not None and left > 0:
+        counts = stats.session_cookies if stats is not None else {}
+        draining = {
+            "colour": drain.colour,
+            "until": iso(datetime.fromtimestamp(drain.until, UTC)),
+            "seconds_left": round(left),
+            "kept_requests": counts.get((drain.colour, KEPT), 0),
+        }
+    return {
+        "mode": session.affinity,
+        "cookie": session.cookie if session.enabled else None,
+        "drain_timeout_seconds": session.drain_timeout,
+        "draining": draining,
     }

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from proxy.access_log import FORMATS, SECRET_HEADERS
 from proxy.routing import IPNetwork
+from proxy.session_affinity import AFFINITY_MODES
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -378,6 +379,16 @@ def parse_log_format(text: str) -> str:
     return word
 
 
+def parse_affinity(text: str) -> str:
+    """Return a session affinity mode: none or cookie (any case)."""
+    word = text.strip().lower()
+    if word not in AFFINITY_MODES:
+        raise ValueError(
+            f"{text!r} is not a session affinity; use one of {', '.join(AFFINITY_MODES)}"
+        )
+    return word
+
+
 def parse_status_floor(text: str) -> int:
     """Return 0 (no status filter) or an HTTP status code from 100 to 599."""
     number = text.strip()
@@ -501,6 +512,7 @@ FRACTION = ValueKind("fraction", parse_rate)
 BOOLEAN = ValueKind("boolean", parse_bool)
 OPTIONAL_DURATION = ValueKind("duration or 0", parse_optional_duration)
 LOG_FORMAT = ValueKind("log format", parse_log_format)
+AFFINITY = ValueKind("session affinity", parse_affinity)
 STATUS_FLOOR = ValueKind("status or 0", parse_status_floor)
 HEADER_NAMES = ValueKind("header names", parse_header_names)
 PERCENT = ValueKind("percent", parse_percent)

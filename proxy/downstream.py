@@ -32,7 +32,7 @@ from proxy.headers import (
 )
 from proxy.preview_link import answer_link, is_link
 from proxy.request_id import REQUEST_ID_HEADER, new_request_id, trace_id_of, valid_request_id
-from proxy.routing import DEFAULT_LIMITS, ClientLimits, RoutingTable
+from proxy.routing import DEFAULT_LIMITS, LIVE, ClientLimits, Route, RoutingTable
 from proxy.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,7 @@ class ClientConnection(asyncio.Protocol):
             allow_underscores=table.edge.allow_underscores,
             start_trace=table.tracing.generate,
             preview_cookie=table.preview_cookie,
+            session_cookie=table.session_cookie,
         )
         if request.dropped:
             server.stats.dropped_request_fields("underscore", request.dropped)
@@ -325,6 +326,8 @@ class ClientConnection(asyncio.Protocol):
                 request.preview_cookie, self.peer_ip, time.time()
             )
             server.stats.preview_cookie(outcome)
+        if table.affinity is not None and route is table.live_route and not upgrade:
+            route = self._route_by_session(table, request, trusted_peer)
         max_body = self.limits.max_body_size
         if max_body and content_length is not None and content_length > max_body:
             raise RequestHeadError(_too_large("request body", max_body), 413)
@@ -344,7 +347,9 @@ class ClientConnection(asyncio.Protocol):
         )
         if table.logs_access:
             exchange.access = self._begin_access(table, method, request, http10)
-        if table.shadowing and route is table.live_route:
+        # Not `is table.live_route`: a live answer that sets the session cookie has a route of
+        # its own (session.affinity); a session kept on the old colour is not mirrored.
+        if table.shadowing and route.kind == LIVE and route.colour == table.active:
             exchange.shadow = server.shadows.mirror(
                 table, request.head, method, url, content_length, chunked=chunked, upgrade=upgrade
             )
@@ -353,6 +358,20 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(exchange)
         if len(self.queue) >= MAX_PIPELINED:
             self.reading.block(PIPELINE)
+
+    def _route_by_session(
+        self, table: RoutingTable, request: UpstreamRequest, trusted_peer: bool
+    ) -> Route:
+        """Route a live request by its session cookie (session.affinity, proxy/session_affinity.py).
+
+        Upgrades are not kept: a tunnel opened on the drained colour would outlive the window.
+        """
+        route, outcome = table.choose_by_session(
+            request.session_cookie, time.time(), trusted_peer, self.headers
+        )
+        if outcome is not None:
+            self.server.stats.session_cookie(route.colour, outcome)
+        return route
 
     def _answer_link(
         self, method: bytes, table: RoutingTable, trusted_peer: bool, request_id: bytes

@@ -142,6 +142,7 @@ class UpstreamRequest:
         "preview_value",
         "referer",
         "request_id",
+        "session_cookie",
         "traceparent",
         "upgrade",
         "user_agent",
@@ -163,6 +164,7 @@ class UpstreamRequest:
         user_agent: bytes | None = None,
         referer: bytes | None = None,
         forwarded_for: list[bytes] | None = None,
+        session_cookie: bytes | None = None,
     ) -> None:
         self.head = head
         self.dropped = dropped  # fields removed for an underscore in their name
@@ -172,6 +174,7 @@ class UpstreamRequest:
         self.host = host
         self.preview_value = preview_value
         self.preview_cookie = preview_cookie  # the preview cookie's value, taken out of Cookie
+        self.session_cookie = session_cookie  # the session cookie's (session.affinity), likewise
         self.content_length = content_length
         self.chunked = chunked
         # For the access log: the last User-Agent and Referer sent, and a trusted peer's
@@ -193,6 +196,7 @@ def build_upstream_request(
     allow_underscores: bool = False,
     start_trace: bool = False,
     preview_cookie: bytes = b"",
+    session_cookie: bytes = b"",
 ) -> UpstreamRequest:
     """Build the request head sent upstream, in one pass over the client's fields.
 
@@ -215,7 +219,7 @@ def build_upstream_request(
     parser, Envoy drops it too); an upgrade to h2c alone goes as a plain request. The cookie named
     `preview_cookie` (when not empty) is taken out of every Cookie field, the other cookies
     staying byte for byte, and its value returned in `preview_cookie`: whether it is valid or
-    not, the colour never sees it.
+    not, the colour never sees it. The same goes for the session cookie named `session_cookie`.
 
     An absolute-form target goes upstream in origin-form, once its authority is the Host (the
     upstream must obey the target's, RFC 9112 3.2.2: a mismatch is refused, as HAProxy does).
@@ -228,6 +232,7 @@ def build_upstream_request(
     host_count = 0
     preview_value: bytes | None = None
     cookie_value: bytes | None = None
+    session_value: bytes | None = None
     content_length: int | None = None
     chunked = False
     forwarded_for: list[bytes] = []
@@ -304,6 +309,11 @@ def build_upstream_request(
                 others, found = remove_cookie(value, preview_cookie)
                 if found is not None:
                     cookie_value = found
+            if session_cookie:
+                # Usually there when session affinity is on: no separate test for the name.
+                others, found = remove_cookie(others, session_cookie)
+                if found is not None:
+                    session_value = found
             if others:
                 kept += (name, b": ", others, b"\r\n")
         elif kind == _UNDERSCORED:
@@ -353,6 +363,7 @@ def build_upstream_request(
             allow_underscores=allow_underscores,
             start_trace=start_trace,
             preview_cookie=preview_cookie,
+            session_cookie=session_cookie,
         )
     if request_id is None or request_ids != 1 or not valid_request_id(request_id):
         # None sent, several (which one would the colour log?), or unsafe to write in a log.
@@ -398,6 +409,7 @@ def build_upstream_request(
         user_agent=user_agent,
         referer=referer,
         forwarded_for=sent_forwarded_for,
+        session_cookie=session_value,
     )
 
 

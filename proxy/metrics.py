@@ -66,6 +66,13 @@ class TrafficStats:
         self.preview_cookies = dict.fromkeys(OUTCOMES, 0)
         self.preview_links = dict.fromkeys(LINK_ACTIONS, 0)
         self.shadow = ShadowStats()  # mirrored requests and their comparison
+        # Requests with a session cookie (session.affinity), by (colour sent to, outcome).
+        self.session_cookies: dict[tuple[str, str], int] = {}
+
+    def session_cookie(self, colour: str, outcome: str) -> None:
+        """Count a live request with a session cookie: where it went, and why (outcome word)."""
+        key = (colour, outcome)
+        self.session_cookies[key] = self.session_cookies.get(key, 0) + 1
 
     def preview_cookie(self, outcome: str) -> None:
         """Count a request that carried the preview cookie, by outcome (proxy/preview_cookie.py)."""
@@ -256,6 +263,18 @@ class TrafficCollector(Collector):
         )
 
         yield from _shadow_families(stats.shadow)
+        sessions = CounterMetricFamily(
+            "bluegreen_session_cookie_requests",
+            "Live requests with the session cookie (session.affinity: cookie), by the colour "
+            "they went to and outcome: kept (on the colour being drained after a switch), "
+            "current (named the active colour), moved (named another colour, not or no longer "
+            "drained), invalid (malformed, forged or expired).",
+            labels=("colour", "outcome"),
+        )
+        for (colour, outcome), n in sorted(stats.session_cookies.items()):
+            sessions.add_metric((colour, outcome), n)
+        if stats.session_cookies:  # appears with the first such request, as documented
+            yield sessions
 
         access_log = stats.access_log
         yield CounterMetricFamily(

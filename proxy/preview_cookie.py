@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 from typing import Final
 
 # Why a cookie was not honoured: fixed words, a metric label (bluegreen_preview_cookies_total).
@@ -94,9 +95,29 @@ def remove_cookie(value: bytes, name: bytes) -> tuple[bytes, bytes | None]:
     Returns the field value without it, the other cookies byte for byte (empty when it was the
     only one), and its value (None when absent; the last one when it appears more than once).
     """
+    prefix = name + b"="
+    head, found_name, tail = value.partition(prefix)
+    if not found_name:
+        return value, None
+    # The common case, the cookie once and at the start of a piece, without splitting the whole
+    # field (a few method calls instead of two per cookie); anything else takes the long way.
+    before = head.rstrip(b" ")
+    found, semicolon, rest = tail.partition(b";")
+    if (before and before[-1] != _SEMICOLON) or rest.partition(prefix)[1]:
+        return _remove_every(value, prefix)
+    if not before:
+        return rest.lstrip(b" "), found
+    others = before[:-1] + b";" + rest if semicolon else before[:-1]
+    return others.lstrip(b" "), found
+
+
+_SEMICOLON: Final = 59  # b";"[0]
+
+
+def _remove_every(value: bytes, prefix: bytes) -> tuple[bytes, bytes | None]:
+    """`remove_cookie` piece by piece: every occurrence, whatever surrounds it."""
     found: bytes | None = None
     kept: list[bytes] = []
-    prefix = name + b"="
     for piece in value.split(b";"):
         if piece.lstrip().startswith(prefix):
             found = piece.lstrip()[len(prefix) :]
@@ -105,3 +126,15 @@ def remove_cookie(value: bytes, name: bytes) -> tuple[bytes, bytes | None]:
     if found is None:
         return value, None
     return b";".join(kept).lstrip(b" "), found
+
+
+def forwarded_https(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Say whether the last X-Forwarded-Proto value among `headers` is https.
+
+    Only meaningful for a request from a trusted balancer: a cookie set for it gets `Secure`.
+    """
+    proto = b""
+    for name, value in headers:
+        if name.lower() == b"x-forwarded-proto":
+            proto = value
+    return proto.rpartition(b",")[2].strip().lower() == b"https"

@@ -22,7 +22,7 @@ from proxy.preview_cookie import LINK_INVALID as INVALID
 from proxy.preview_cookie import LINK_OFF as OFF
 from proxy.preview_cookie import LINK_ON as ON
 from proxy.preview_cookie import LINK_REFUSED as REFUSED
-from proxy.preview_cookie import issue
+from proxy.preview_cookie import forwarded_https, issue
 from proxy.routing import RoutingTable
 
 _MAX_NEXT: Final = 2048
@@ -100,7 +100,7 @@ def answer_link(
         return _text(
             method, 400, INVALID, f"bluegreen: {_NEXT_HINT}", close=close, request_id=request_id
         )
-    secure = trusted_peer and _forwarded_https(headers)
+    secure = trusted_peer and forwarded_https(headers)
     if endpoint == b"/off":
         cookie = _set_cookie(policy.cookie_bytes, b"", 0, secure)
         message = "preview off for this browser"
@@ -136,15 +136,6 @@ def _same_origin_path(text: str) -> bool:
     if not text.startswith("/") or text.startswith(("//", "/\\")) or len(text) > _MAX_NEXT:
         return False
     return all("!" <= char <= "~" and char != "\\" for char in text)
-
-
-def _forwarded_https(headers: Sequence[Header]) -> bool:
-    """Say whether the trusted balancer's last X-Forwarded-Proto value is https."""
-    proto = b""
-    for name, value in headers:
-        if name.lower() == b"x-forwarded-proto":
-            proto = value
-    return proto.rpartition(b",")[2].strip().lower() == b"https"
 
 
 def _set_cookie(name: bytes, value: bytes, max_age: int, secure: bool) -> bytes:

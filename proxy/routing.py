@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.access_log import AccessLogSettings
-from proxy.preview_cookie import UNTRUSTED_PEER, VALID, check, derive_key
+from proxy.preview_cookie import UNTRUSTED_PEER, VALID, check, derive_key, forwarded_https
+from proxy.session_affinity import DrainWindow, SessionCookies, SessionPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -111,12 +112,16 @@ class Route:
 
     colour: str
     kind: str  # LIVE or PREVIEW: a metric label, so it stays low-cardinality
+    # A field line the response gets after the colour's (the session cookie's Set-Cookie).
+    extra_line: bytes = b""
     colour_line: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The response field naming the colour, built once rather than per response.
         object.__setattr__(
-            self, "colour_line", b"X-Bluegreen-Colour: %s\r\n" % self.colour.encode()
+            self,
+            "colour_line",
+            b"X-Bluegreen-Colour: %s\r\n%s" % (self.colour.encode(), self.extra_line),
         )
 
 
@@ -234,6 +239,9 @@ class RoutingTable:
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     tracing: TraceSettings = field(default_factory=TraceSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    session: SessionPolicy = field(default_factory=SessionPolicy)
+    # After a switch with session.affinity on: the colour whose sessions stay, and until when.
+    drain: DrainWindow | None = None
     live_route: Route = field(init=False)
     preview_route: Route | None = field(init=False)
     preview_header: bytes = field(init=False)
@@ -244,6 +252,13 @@ class RoutingTable:
     preview_cookie: bytes = field(init=False)
     # Whether live requests are mirrored at all: the one check the hot path makes for shadows.
     shadowing: bool = field(init=False)
+    # The session cookie in force (None: session.affinity none, nothing to do per request),
+    # its name for the Cookie scan (b"": off), and the route of sessions kept on `drain`.
+    affinity: SessionCookies | None = field(init=False, compare=False)
+    session_cookie: bytes = field(init=False)
+    drain_route: Route | None = field(init=False, repr=False)
+    # Routes that set a session cookie, by their Set-Cookie line (a few at a time).
+    _cookie_routes: dict[bytes, Route] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.active not in self.upstreams:
@@ -262,6 +277,22 @@ class RoutingTable:
         object.__setattr__(self, "preview_path_second", self.preview.path_bytes[1])
         object.__setattr__(self, "preview_cookie", self.preview.cookie_bytes)
         object.__setattr__(self, "shadowing", self.shadow.percent > 0 and self.idle is not None)
+        drain = self.drain
+        if drain is not None and (
+            drain.colour == self.active or drain.colour not in self.upstreams
+        ):
+            raise ValueError(f"drained colour {drain.colour!r} must be another known colour")
+        session = self.session
+        affinity = None
+        if session.enabled:
+            key = session.key(self.preview.cookie_key)
+            affinity = SessionCookies(session, key, self.active, drain)
+        object.__setattr__(self, "affinity", affinity)
+        object.__setattr__(self, "session_cookie", session.cookie_bytes if affinity else b"")
+        object.__setattr__(
+            self, "drain_route", Route(drain.colour, LIVE) if drain is not None else None
+        )
+        object.__setattr__(self, "_cookie_routes", {})
 
     @property
     def colours(self) -> tuple[str, ...]:
@@ -297,3 +328,33 @@ class RoutingTable:
         if outcome == VALID and self.preview_route is not None:
             return self.preview_route, outcome
         return self.live_route, outcome
+
+    def choose_by_session(
+        self,
+        value: bytes | None,
+        now: float,
+        trusted_peer: bool,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> tuple[Route, str | None]:
+        """Route a live request by its session cookie (`value`; None: none), affinity on.
+
+        A valid cookie for the colour being drained keeps the request there; anything else is
+        live. The route returned sets a fresh cookie naming its colour when the request had none
+        for it or its cookie is near expiry (`Secure` when a trusted balancer says https). The
+        outcome word (proxy/session_affinity.py) is None for a request without the cookie.
+        """
+        affinity = self.affinity
+        assert affinity is not None
+        keep, outcome, refresh = affinity.decide(value, now)
+        route = self.drain_route if keep and self.drain_route is not None else self.live_route
+        if not refresh:
+            return route, outcome
+        secure = trusted_peer and forwarded_https(headers)
+        line = affinity.set_cookie(route.colour, now, secure)
+        routes = self._cookie_routes
+        with_cookie = routes.get(line)
+        if with_cookie is None:
+            if len(routes) >= 8:
+                routes.clear()  # lines of colours and times gone by
+            with_cookie = routes[line] = Route(route.colour, LIVE, line)
+        return with_cookie, outcome

@@ -31,8 +31,9 @@ def promtool() -> Path:
 
 def config_text(colours: dict[str, Colour], active: str) -> str:
     """A config with fast health checks, so that rollbacks happen within a test."""
-    # Every live request mirrored to the idle colour, so that the shadow families exist.
-    return breakable_config(colours, active, "shadow.percent: 100\n")
+    # Every live request mirrored to the idle colour, and session affinity on, so that the
+    # shadow and session cookie families exist.
+    return breakable_config(colours, active, "shadow.percent: 100\nsession.affinity: cookie\n")
 
 
 @dataclass

@@ -58,6 +58,11 @@ async def drive_every_series(bluegreen: Bluegreen) -> str:
             headers = {"X-Bluegreen-Preview": "1"}
             async with session.get(bluegreen.url + "/", headers=headers) as response:
                 assert response.headers["X-Bluegreen-Colour"] == "green"
+        # A request that sends back the session cookie a live answer set (session.affinity).
+        async with session.get(bluegreen.url + "/") as response:
+            cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+        async with session.get(bluegreen.url + "/", headers={"Cookie": cookie}) as response:
+            assert response.headers["X-Bluegreen-Colour"] == "blue"
         async with session.get(bluegreen.url + "/hang-up") as response:
             assert response.status == 502
         # A field name with an underscore: dropped and counted.
