@@ -35,7 +35,7 @@ def live_counts(stats: TrafficStats, colour: str) -> tuple[int, int]:
     for (c, route, code), n in stats.requests.items():
         if c == colour and route == LIVE:
             total += n
-            if code == "5xx":
+            if code >= 500:  # 5xx, and anything past 599 an upstream might send
                 failures += n
     return total, failures
 

@@ -27,8 +27,6 @@ from proxy.histogram import DURATION_BUCKETS, DurationHistogram
 from proxy.preview_cookie import LINK_ACTIONS, OUTCOMES
 from proxy.shadow_compare import ShadowStats
 
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-
 
 @dataclass(slots=True)
 class RouteTraffic:
@@ -52,7 +50,8 @@ class TrafficStats:
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        # (colour, route, status code): `code` is the exact status, as in every metric here.
+        self.requests: dict[tuple[str, str, int], int] = {}
         self.routes: dict[tuple[str, str], RouteTraffic] = {}
         self.inflight: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
@@ -109,14 +108,14 @@ class TrafficStats:
         bytes_in: int = 0,
         bytes_out: int = 0,
     ) -> None:
-        """Count a finished request: status class, duration, time to first byte, body bytes.
+        """Count a finished request: status code, duration, time to first byte, body bytes.
 
         `ttfb` is negative when no response head came from the colour (the proxy answered).
         An upgraded connection (101) is not in the duration histogram: it lasts as long as
         the WebSocket, which says nothing about the colour's latency.
         """
         self.inflight[colour] -= 1
-        key = (colour, route, STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx")
+        key = (colour, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         traffic = self.routes.get((colour, route))
         if traffic is None:
@@ -156,11 +155,11 @@ class TrafficCollector(Collector):
         stats = self._stats
         requests = CounterMetricFamily(
             "bluegreen_requests",
-            "Requests answered, by colour, route (live or preview) and status class.",
+            "Requests answered, by colour, route (live or preview) and status code.",
             labels=("colour", "route", "code"),
         )
         for (colour, route, code), n in sorted(stats.requests.items()):
-            requests.add_metric((colour, route, code), n)
+            requests.add_metric((colour, route, str(code)), n)
         yield requests
 
         routes = sorted(stats.routes.items())

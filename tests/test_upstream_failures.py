@@ -32,7 +32,7 @@ async def test_unreachable_colour_gets_502_naming_it(
         assert response.headers["X-Bluegreen-Colour"] == "blue"
     assert "colour blue" in text and str(dead) in text and "refused" in text
     assert proxy.server.stats.upstream_errors[("blue", "connect")] == 1
-    assert proxy.server.stats.requests[("blue", "live", "5xx")] == 1
+    assert proxy.server.stats.requests[("blue", "live", 502)] == 1
 
 
 async def test_stalled_upstream_gets_504(

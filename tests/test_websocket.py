@@ -26,7 +26,7 @@ async def test_websocket_echo_through_the_proxy(proxy: RunningProxy) -> None:
             reply = await ws.receive(timeout=5)
             assert reply.type == WSMsgType.TEXT
             assert reply.data == f"blue: message {i}"
-    assert proxy.server.stats.requests[("blue", "live", "1xx")] == 1
+    assert proxy.server.stats.requests[("blue", "live", 101)] == 1
 
 
 async def test_preview_websocket_reaches_the_idle_colour(proxy: RunningProxy) -> None:

@@ -48,7 +48,7 @@ _MATCH_OPS = frozenset({"=", "!=", "=~", "!~"})
 
 @dataclass(frozen=True)
 class Matcher:
-    """One label matcher of a selector, e.g. code="5xx"."""
+    """One label matcher of a selector, e.g. code=~"5.."."""
 
     label: str
     op: str
