@@ -258,12 +258,8 @@ class FileSource:
         if self._last == ("error", str(error)):
             return
         self._last = ("error", str(error))
-        logger.warning(
-            "config rejected path=%s problems=%d error=%r",
-            self.path,
-            len(error.problems),
-            str(error),
-        )
+        # Not logged here: the consumer logs the rejection once (controller/process.py), and a
+        # second line for the same problem is what a rejected config must not produce.
         try:
             self.on_error(error)
         except Exception:

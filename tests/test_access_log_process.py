@@ -251,3 +251,43 @@ async def test_every_kind_of_request_has_its_line(
     assert sample(metrics, "bluegreen_client_connections") == 1  # the keep-alive one above
     assert sample(metrics, "bluegreen_upstream_connections", colour="blue", state="idle") >= 1
     assert sample(metrics, "bluegreen_leader") == 1
+
+
+async def test_tracing_generate_starts_a_trace_the_colour_and_the_log_share(
+    colours: dict[str, ColourApp], tmp_path: Path
+) -> None:
+    """With `tracing.generate: true` a request without traceparent gets one at the proxy."""
+    config = tmp_path / "bluegreen.yaml"
+    config.write_text(
+        config_text(
+            colours,
+            "blue",
+            "accessLog.format: json\naccessLog.headers: X-Tenant\ntracing.generate: true\n",
+        )
+    )
+    blue = colours["blue"]
+    client_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with (tmp_path / "stderr.log").open("wb") as stderr:
+        proxy = Proxy(config, stderr=stderr)
+        proxy.start()
+        try:
+            await proxy.wait_ready()
+            lines = AccessLines(proxy)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(proxy.url + "/", headers={"X-Request-Id": "t-1"}) as r:
+                    assert r.status == 200
+                started = sent_to(blue)["traceparent"]
+                headers = {"X-Request-Id": "t-2", "traceparent": client_trace}
+                async with session.get(proxy.url + "/", headers=headers) as r:
+                    assert r.status == 200
+                kept = sent_to(blue)["traceparent"]
+            first = await lines.find(request_id="t-1")
+            second = await lines.find(request_id="t-2")
+        finally:
+            assert proxy.stop() == 0
+    # A new sampled trace, whose ID the access log writes: the proxy hop is the trace's root.
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", started), started
+    assert first["trace_id"] == started[3:35]
+    # The client's own trace passes as sent, and is the one logged.
+    assert kept == client_trace
+    assert second["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
