@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 POLL = 1.0  # seconds between looks at the Deployments (a GET each: nothing for the API server)
 UP_POLL = 0.25  # while a scale-up is waited for: the switch follows readiness closely
-RECHECK_RIGHTS = 10.0  # a missing permission is asked about again this often
+RECHECK_RIGHTS = 10.0  # the Role is asked about again this often (4 reviews per Deployment)
 WRITE_ATTEMPTS = 5  # of a guarded ConfigMap write that conflicts with another writer
 _API_ERRORS = (KubeError, aiohttp.ClientError, OSError, TimeoutError)
 
@@ -263,11 +263,8 @@ class Scaler:
         rules = tuple(required_rules(config))
         now = self.clock()
         known = self._rights
-        if (
-            known is not None
-            and known[0] == rules
-            and (known[2] or now - known[1] < RECHECK_RIGHTS)
-        ):
+        # Asked again now and then, allowed or not: a Role can be fixed, or taken away.
+        if known is not None and known[0] == rules and now - known[1] < RECHECK_RIGHTS:
             return known[2]
         deployments = self.deployments
         missing = [rule for rule in rules if not await deployments.allowed(*rule)]
@@ -296,6 +293,8 @@ class Scaler:
         except _API_ERRORS as error:
             log.error("scaling colour=%s failed error=%r", colour, str(error))
             self.notes[colour] = f"the last scale step failed: {error}"
+            if isinstance(error, ForbiddenError):
+                self._rights = None  # the next look asks again, and says what is missing
         finally:
             self._tasks.pop(colour, None)
 
