@@ -110,7 +110,6 @@ class Scaler:
         self.clock = clock
         self.idle_since: dict[str, float] = {}
         self.scaled_this_period: set[str] = set()
-        self.gave_up: set[str] = set()  # a scale-up timed out: not again until desired changes
         self.replicas: dict[str, DeploymentReplicas] = {}
         self.notes: dict[str, str] = {}  # colour -> why it is not scaled (an autoscaler, ...)
         self.last_scale_up: dict[str, float] = {}  # colour -> seconds the last scale-up took
@@ -173,9 +172,11 @@ class Scaler:
             return
         records = self.records()
         after = scale_after(config.scale, config.rollback.window)
+        # A recorded decision for this desired config (a timed-out scale-up, a rollback) keeps
+        # its colour unserved: no scale-up until the config changes or `switch --retry`.
+        decision = self.source.recorded_decision()
+        held = decision is not None and decision.applies_to(config)
         for colour, name in config.scale.workloads.items():
-            if config.active != colour:
-                self.gave_up.discard(colour)
             view = ColourView(
                 colour=colour,
                 served=colour == self._served,
@@ -188,7 +189,7 @@ class Scaler:
             step = plan(view, config.scale.idle_replicas, after)
             if step is Step.SCALE_DOWN and config.scale.idle_replicas is not None:
                 self._start(colour, self._scale_down(colour, name, config.scale.idle_replicas))
-            elif step is Step.SCALE_UP and colour not in self.gave_up:
+            elif step is Step.SCALE_UP and not held:
                 record = records[colour]
                 self._start(colour, self._scale_up(colour, name, record, config.scale.timeout))
 
@@ -378,7 +379,6 @@ class Scaler:
                 break
             if self.clock() - started > timeout:
                 await deployments.set_replicas(name, record.idle)
-                self.gave_up.add(colour)
                 reason = (
                     f"refused: {colour} not ready after {timeout:g}s: {seen.ready}/{target} "
                     "replicas ready (scale.timeout); scaled back down, traffic stays"

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
+from controller.cluster_ops import switch_colour
 from controller.decision import read_decision
 from controller.kube import MERGE_PATCH, ConfigMapRef, KubeClient, load_api_client
 from controller.leader import LeaseSettings
@@ -72,6 +73,7 @@ class Scene:
     ref: ConfigMapRef
     colours: dict[str, BreakableColour]
     kubeconfig: Path
+    admin_kubeconfig: Path
     followers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -198,7 +200,9 @@ async def scene(
         kubeconfig = apiserver.kubeconfig_for(
             tokens[user], apiserver.dir / f"kubeconfig-{user}.yaml"
         )
-        made = Scene(api, ConfigMapRef(namespace, "bluegreen"), colours, kubeconfig)
+        made = Scene(
+            api, ConfigMapRef(namespace, "bluegreen"), colours, kubeconfig, apiserver.kubeconfig
+        )
         # The RBAC authorizer learns of new bindings a moment later.
         await asyncio.sleep(0.5)
         yield made
@@ -308,6 +312,14 @@ async def test_a_scale_up_that_times_out_leaves_traffic_and_says_why(
             "bluegreen_rollbacks_total", {"reason": "scale_up_timeout"}
         )
         assert value == 1
+        # The decision holds for this desired config: no new scale-up by itself...
+        await asyncio.sleep(2)
+        assert await made.replicas("blue") == 0
+        # ...until an operator retries, with blue able to get ready this time.
+        made.follow_readiness()
+        await switch_colour(made.ref, made.admin_kubeconfig, "blue", retry=True)
+        await wait_for(lambda: served(process) == "blue", 10, "blue served after --retry")
+        assert await made.replicas("blue") == 10
 
 
 async def test_without_deployments_scale_in_the_role_nothing_changes_and_it_says_why(
