@@ -3,16 +3,14 @@ turns preview off and sees the live colour again, through a real bluegreen proce
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser
 
-from controller.process import Endpoint, ProxyProcess
-from tests.support.colours import BreakableColour, breakable_config, start_app
-from tests.support.waiting import wait_for
+from tests.support.colours import breakable_config
+from tests.support.in_process import breakable_colours, in_process_proxy
 
 WAIT_MS = 5000
 
@@ -20,23 +18,11 @@ WAIT_MS = 5000
 @pytest.fixture
 async def proxy_port(tmp_path: Path) -> AsyncIterator[int]:
     """A bluegreen process (blue live, green idle, a preview token) in front of two apps."""
-    colours = {name: BreakableColour(name) for name in ("blue", "green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    config = tmp_path / "bluegreen.yaml"
-    config.write_text(breakable_config(colours, "blue", "preview.token: t0k\n"))
-    running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(running.run())
-    await wait_for(lambda: running.ready.is_set() or task.done(), 10, "process ready")
-    if task.done():
-        task.result()  # raises what stopped it
-    yield running.proxy_port
-    running.stop()
-    await asyncio.wait_for(task, 15)
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as colours:
+        config = tmp_path / "bluegreen.yaml"
+        config.write_text(breakable_config(colours, "blue", "preview.token: t0k\n"))
+        async with in_process_proxy(config, healthy=()) as running:
+            yield running.proxy_port
 
 
 async def test_preview_link_on_and_off_in_a_browser(proxy_port: int, browser: Browser) -> None:

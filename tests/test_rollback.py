@@ -12,10 +12,11 @@ import yaml
 
 from controller.file_source import write_active
 from controller.health_state import Health
-from controller.process import Endpoint, ProxyProcess
+from controller.process import ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
 from tests.support.colours import BreakableColour as Colour
-from tests.support.colours import breakable_config, start_app
+from tests.support.colours import breakable_config
+from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.process import run_cli
 from tests.support.waiting import wait_for as wait
 
@@ -87,23 +88,15 @@ def test_preflight(health: Health, policy: Policy, action: Action) -> None:
 async def setup(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[ProxyProcess, dict[str, Colour], Path]]:
-    colours = {"blue": Colour("blue"), "green": Colour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    config = tmp_path / "bluegreen.yaml"
-    config.write_text(
-        breakable_config(colours, "blue", "rollback.minRequests: 10\nrollback.maxErrorRate: 0.3\n")
-    )
-    process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(process.run())
-    await wait(lambda: process.proxy_port != 0 and process.health.health("green") is H, 10)
-    yield process, colours, config
-    process.stop()
-    await asyncio.wait_for(task, 10)
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as colours:
+        config = tmp_path / "bluegreen.yaml"
+        config.write_text(
+            breakable_config(
+                colours, "blue", "rollback.minRequests: 10\nrollback.maxErrorRate: 0.3\n"
+            )
+        )
+        async with in_process_proxy(config) as process:
+            yield process, colours, config
 
 
 def active_in(config: Path) -> str:

@@ -22,8 +22,7 @@ import aiohttp
 import pytest
 
 from controller.config import ConfigError, parse_config
-from controller.health_state import Health
-from controller.process import Endpoint, ProxyProcess
+from controller.process import ProxyProcess
 from proxy.preview_cookie import _remove_every, issue, remove_cookie
 from proxy.routing import PreviewPolicy, RoutingTable
 from proxy.session_affinity import (
@@ -37,7 +36,8 @@ from proxy.session_affinity import (
     cookie_colour,
     drain_after,
 )
-from tests.support.colours import BreakableColour, ColourApp, start_app
+from tests.support.colours import BreakableColour, ColourApp
+from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.net import RunningProxy, TableFactory, raw_exchange
 from tests.support.waiting import wait_for
 
@@ -345,30 +345,11 @@ async def process(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[ProxyProcess, dict[str, BreakableColour], Path]]:
     """A bluegreen process with session affinity (blue live) over two breakable colours."""
-    colours = {name: BreakableColour(name) for name in ("blue", "green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    config = tmp_path / "bluegreen.yaml"
-    config.write_text(config_text(colours, "blue"))
-    running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(running.run())
-    await wait_for(
-        lambda: (
-            (running.ready.is_set() and running.health.health("green") is Health.HEALTHY)
-            or task.done()
-        ),
-        10,
-        "process ready",
-    )
-    if task.done():
-        task.result()
-    yield running, colours, config
-    running.stop()
-    await asyncio.wait_for(task, 15)
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as colours:
+        config = tmp_path / "bluegreen.yaml"
+        config.write_text(config_text(colours, "blue"))
+        async with in_process_proxy(config) as running:
+            yield running, colours, config
 
 
 SESSION_KEYS = "session.affinity: cookie\nsession.drainTimeout: 5m\n"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page
 
-from controller.process import Endpoint, ProxyProcess
-from tests.support.colours import BreakableColour, start_app
+from controller.process import ProxyProcess
+from tests.support.colours import BreakableColour
+from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.waiting import wait_for
 
 WAIT_MS = 5000
@@ -36,23 +37,11 @@ Running = tuple[ProxyProcess, dict[str, BreakableColour], Path]
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[Running]:
     """A bluegreen process with session affinity (blue live) in front of two apps."""
-    colours = {name: BreakableColour(name) for name in ("blue", "green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    config = tmp_path / "bluegreen.yaml"
-    config.write_text(config_text(colours, "blue"))
-    process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(process.run())
-    await wait_for(lambda: process.ready.is_set() or task.done(), 10, "process ready")
-    if task.done():
-        task.result()  # raises what stopped it
-    yield process, colours, config
-    process.stop()
-    await asyncio.wait_for(task, 15)
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as colours:
+        config = tmp_path / "bluegreen.yaml"
+        config.write_text(config_text(colours, "blue"))
+        async with in_process_proxy(config, healthy=()) as process:
+            yield process, colours, config
 
 
 async def fetched_by(page: Page, path: str) -> str:

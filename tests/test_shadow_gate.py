@@ -7,7 +7,6 @@ and say so.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import yaml
 
 from controller.file_source import write_active
 from controller.health_state import Health
-from controller.process import Endpoint, ProxyProcess
+from controller.process import ProxyProcess
 from controller.rollback import Action, Policy, ShadowEvidence, preflight, shadow_note
 from controller.status_report import render_text, with_served
 from tests.support.colours import BreakableColour as Colour
-from tests.support.colours import breakable_config, start_app
+from tests.support.colours import breakable_config
+from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.waiting import wait_for as wait
 
 H, U, X = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
@@ -72,21 +72,11 @@ GATE = "shadow.percent: 100\nshadow.minRequests: 30\nshadow.maxMismatchRate: 0.1
 async def setup(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[ProxyProcess, dict[str, Colour], Path]]:
-    colours = {"blue": Colour("blue"), "green": Colour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    config = tmp_path / "bluegreen.yaml"
-    config.write_text(breakable_config(colours, "blue", GATE))
-    process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(process.run())
-    await wait(lambda: process.proxy_port != 0 and process.health.health("green") is H, 10)
-    yield process, colours, config
-    process.stop()
-    await asyncio.wait_for(task, 10)
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as colours:
+        config = tmp_path / "bluegreen.yaml"
+        config.write_text(breakable_config(colours, "blue", GATE))
+        async with in_process_proxy(config) as process:
+            yield process, colours, config
 
 
 def active_in(config: Path) -> str:
