@@ -106,6 +106,20 @@ class ControlMetrics:
             ("colour",),
             registry=registry,
         )
+        self.colour_scaling_up = Gauge(
+            "bluegreen_colour_scaling_up",
+            "1 while a colour bluegreen scaled down is the desired one and is being scaled up "
+            "before the switch to it (live traffic stays on the previous colour), 0 otherwise.",
+            ("colour",),
+            registry=registry,
+        )
+        self.colour_scale_up_deadline = Gauge(
+            "bluegreen_colour_scale_up_deadline_timestamp_seconds",
+            "Unix time at which the scale-up in progress gives up (scale.timeout): the switch is "
+            "then refused and the colour scaled back; absent while no scale-up runs.",
+            ("colour",),
+            registry=registry,
+        )
         # Every label value exists from the start at 0, so that increase() sees the first one.
         for result in ("accepted", "rejected"):
             self.config_reloads.labels(result)

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,7 @@ from controller.scale_plan import (
     scale_after,
     waiting_reason,
 )
+from controller.scale_state import ColourFacts, ColourState, ScaleState, colour_state
 from controller.state import iso, utc_now
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,10 @@ class Scaler:
         self.replicas: dict[str, DeploymentReplicas] = {}
         self.notes: dict[str, str] = {}  # colour -> why it is not scaled (an autoscaler, ...)
         self.last_scale_up: dict[str, float] = {}  # colour -> seconds the last scale-up took
+        # colour -> when its scale-up started (self.clock): on the Lease holder when its step
+        # began, on any other replica when it first saw the desired colour still scaled down.
+        self.up_started: dict[str, float] = {}
+        self.seen_at: dict[str, datetime] = {}  # colour -> when its Deployment was last read
         self.error: str | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._served: str | None = None
@@ -165,17 +171,16 @@ class Scaler:
             return
         self._follow_served(config)
         await self._read_replicas(config)
-        self._show(config.scale.workloads, self.records())
+        records = self.records()
+        held = self._held(config) is not None
+        self._follow_scale_ups(config, records, held)
+        self._show(records, self.states(config, records))
         if not self.host.decides():
             return
         if not await self._permitted(config):
             return
         records = self.records()
         after = scale_after(config.scale, config.rollback.window)
-        # A recorded decision for this desired config (a timed-out scale-up, a rollback) keeps
-        # its colour unserved: no scale-up until the config changes or `switch --retry`.
-        decision = self.source.recorded_decision()
-        held = decision is not None and decision.applies_to(config)
         for colour, name in config.scale.workloads.items():
             view = ColourView(
                 colour=colour,
@@ -194,10 +199,16 @@ class Scaler:
                 self._start(colour, self._scale_up(colour, name, record, config.scale.timeout))
 
     def status(self) -> dict[str, Any]:
-        """The `scale` part of `/status`: per colour its Deployment, replicas and record."""
+        """The `scale` part of `/status`: per colour its Deployment, replicas, record and state.
+
+        `state` and its times come from controller/scale_state.py. On a replica that does not
+        hold the Lease (`leader` false) the times are its own view: when it saw the colour go
+        idle, when it first saw the switch waiting; the Lease holder's clock decides.
+        """
         config = self.host.desired()
         workloads = config.scale.workloads if config is not None else {}
         records = self.records()
+        states = self.states(config, records) if config is not None else {}
         colours = {}
         for colour, name in workloads.items():
             seen = self.replicas.get(colour)
@@ -206,21 +217,92 @@ class Scaler:
                 "deployment": name,
                 "desired_replicas": seen.desired if seen is not None else None,
                 "ready_replicas": seen.ready if seen is not None else None,
+                "replicas_seen_at": iso(self.seen_at.get(colour)),
                 "scaled_down": record.as_json() if record is not None else None,
                 "scaling_up": colour in self._tasks and record is not None,
+                **states[colour].as_json(),
                 "last_scale_up_seconds": self.last_scale_up.get(colour),
                 "note": self.notes.get(colour),
             }
         return {
+            "leader": self.host.decides(),
             "idle_replicas": config.scale.idle_replicas if config is not None else None,
             "after_seconds": (
                 scale_after(config.scale, config.rollback.window) if config is not None else None
             ),
+            "timeout_seconds": config.scale.timeout if config is not None else None,
             "colours": colours,
             "error": self.error,
         }
 
+    def states(self, config: Config, records: Mapping[str, ScaleRecord]) -> dict[str, ColourState]:
+        """What each colour's Deployment is doing now, as far as this replica knows."""
+        now, moment = self.clock(), utc_now()
+        held = self._held(config)
+        served = self.host.served()
+        after = scale_after(config.scale, config.rollback.window)
+        states = {}
+        for colour in config.scale.workloads:
+            started = self.up_started.get(colour)
+            facts = ColourFacts(
+                served=colour == served,
+                desired=colour == config.active,
+                record=records.get(colour),
+                held=held if colour == config.active else None,
+                scale_down_in=self._scale_down_in(
+                    colour, config, served=served, records=records, after=after, now=now
+                ),
+                scaling_up_for=now - started if started is not None else None,
+                timeout=config.scale.timeout,
+            )
+            states[colour] = colour_state(facts, moment)
+        return states
+
     # -- looking --------------------------------------------------------------------------
+
+    def _held(self, config: Config) -> str | None:
+        """The reason of the recorded decision that holds this desired config, if one does.
+
+        A recorded decision (a timed-out scale-up, a rollback) keeps its colour unserved: no
+        scale-up until the config changes or `switch --retry`.
+        """
+        decision = self.source.recorded_decision()
+        return decision.reason if decision is not None and decision.applies_to(config) else None
+
+    def _follow_scale_ups(
+        self, config: Config, records: Mapping[str, ScaleRecord], held: bool
+    ) -> None:
+        """Note when the desired colour started waiting for its scale-up, and forget the rest."""
+        for colour in config.scale.workloads:
+            if colour == config.active and colour in records and not held:
+                self.up_started.setdefault(colour, self.clock())
+            else:
+                self.up_started.pop(colour, None)
+
+    def _scale_down_in(
+        self,
+        colour: str,
+        config: Config,
+        *,
+        served: str | None,
+        records: Mapping[str, ScaleRecord],
+        after: float,
+        now: float,
+    ) -> float | None:
+        """Seconds until the Lease holder scales `colour` down (negative: due), or None."""
+        idle = config.scale.idle_replicas
+        if (
+            idle is None
+            or colour in (served, config.active)
+            or colour in records
+            or colour in self.scaled_this_period
+        ):
+            return None
+        seen = self.replicas.get(colour)
+        since = self.idle_since.get(colour)
+        if since is None or (seen is not None and seen.desired <= idle):
+            return None  # not seen idle yet, or already as small as scale.idleReplicas
+        return after - (now - since)
 
     def _follow_served(self, config: Config) -> None:
         served = self.host.served()
@@ -237,27 +319,38 @@ class Scaler:
         for colour, name in config.scale.workloads.items():
             try:
                 self.replicas[colour] = await self.deployments.replicas(name)
+                self.seen_at[colour] = utc_now()
             except ForbiddenError as error:
                 self.replicas.pop(colour, None)
                 self.notes[colour] = f"cannot read deployment/{name}: {error}"
 
-    def _show(self, workloads: Mapping[str, str], records: Mapping[str, ScaleRecord]) -> None:
+    def _show(self, records: Mapping[str, ScaleRecord], states: Mapping[str, ColourState]) -> None:
         """Set the per-colour gauges; a colour no longer configured loses its series."""
-        for gone in self._shown - set(workloads):
+        metrics = self.metrics
+        for gone in self._shown - set(states):
             for gauge in (
-                self.metrics.colour_desired_replicas,
-                self.metrics.colour_ready_replicas,
-                self.metrics.colour_scaled_down,
+                metrics.colour_desired_replicas,
+                metrics.colour_ready_replicas,
+                metrics.colour_scaled_down,
+                metrics.colour_scaling_up,
+                metrics.colour_scale_up_deadline,
             ):
                 with contextlib.suppress(KeyError):
                     gauge.remove(gone)
-        self._shown = set(workloads)
-        for colour in workloads:
+        self._shown = set(states)
+        for colour, state in states.items():
             seen = self.replicas.get(colour)
             if seen is not None:
-                self.metrics.colour_desired_replicas.labels(colour).set(seen.desired)
-                self.metrics.colour_ready_replicas.labels(colour).set(seen.ready)
-            self.metrics.colour_scaled_down.labels(colour).set(1 if colour in records else 0)
+                metrics.colour_desired_replicas.labels(colour).set(seen.desired)
+                metrics.colour_ready_replicas.labels(colour).set(seen.ready)
+            metrics.colour_scaled_down.labels(colour).set(1 if colour in records else 0)
+            scaling_up = state.state is ScaleState.SCALING_UP
+            metrics.colour_scaling_up.labels(colour).set(1 if scaling_up else 0)
+            if state.timeout_at is not None:
+                metrics.colour_scale_up_deadline.labels(colour).set(state.timeout_at.timestamp())
+            else:
+                with contextlib.suppress(KeyError):
+                    metrics.colour_scale_up_deadline.remove(colour)
 
     async def _permitted(self, config: Config) -> bool:
         """Whether the Role allows every scale step, asked before anything is changed."""
@@ -353,6 +446,7 @@ class Scaler:
         started = self.clock()
         if colour not in read_records((await self.source.kube.read()).annotations):
             return  # done already: this replica's copy of the ConfigMap is behind
+        self.up_started[colour] = started  # the clock scale.timeout runs on, for /status
         scale = await deployments.scale(name)
         target = max(record.replicas, scale.replicas)
         if scale.replicas < target:
