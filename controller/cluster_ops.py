@@ -34,6 +34,8 @@ from controller.kube import (
     pod_get,
     ready_pods,
 )
+from controller.scale_plan import read_records, waiting_reason
+from controller.scale_state import configmap_section
 from controller.switch_wait import (
     DECISION_PREFIXES,
     Observed,
@@ -101,6 +103,17 @@ async def read_status(
         if holding is not None:
             document["decision"] = holding.as_json()
             document["served"] = {"colour": holding.served, "reason": holding.reason}
+        records = read_records(version.annotations)
+        waiting = records.get(config.active) if config.active in config.scale.workloads else None
+        if holding is None and waiting is not None:
+            # Every replica holds the switch until the Lease holder has scaled it up.
+            served = _served_before(document["switches"], config.active)
+            reason = waiting_reason(config.active, waiting, None)
+            document["served"] = {"colour": served, "reason": reason}
+        if config.scale.workloads:
+            served = document.get("served", {}).get("colour", config.active)
+            held = holding.reason if holding is not None else None
+            document["scale"] = configmap_section(config, records, held, served, datetime.now(UTC))
     document["events"] = [
         {
             "reason": event.get("reason"),
@@ -111,6 +124,18 @@ async def read_status(
         for event in events[-10:]
     ]
     return document
+
+
+def _served_before(switches: list[dict[str, str]], desired: str) -> str | None:
+    """The colour served while a switch to `desired` waits, from the newest history entry.
+
+    `bluegreen switch` writes its entry with the switch (its `from` is still served); after a
+    plain `kubectl patch` the newest entry is the switch before (its `to` is still served).
+    """
+    if not switches:
+        return None
+    latest = switches[0]
+    return latest.get("from") if latest.get("to") == desired else latest.get("to")
 
 
 def _holding(config: Config, version: ConfigMapVersion) -> ServedDecision | None:

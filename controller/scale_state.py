@@ -1,6 +1,8 @@
 """What each colour's Deployment is doing, in the words of `/status`, its page and the CLI.
 
-Pure: the facts that controller/scaling.py holds about one colour in, one state out:
+Pure: the facts that controller/scaling.py holds about one colour in, one state out. The same
+function serves `bluegreen status` without `--admin`, from what the ConfigMap alone says (no
+replica counts, no clocks), so both tell the same story:
 
 - `serving`: live traffic goes to it; it is never scaled down while served.
 - `idle`: not served, at whatever size it has; `scale_down_at` says when the Lease holder scales
@@ -19,11 +21,13 @@ Pure: the facts that controller/scaling.py holds about one colour in, one state 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.scale_plan import ScaleRecord
+from controller.config import Config
+from controller.scale_plan import ScaleRecord, scale_after
 from controller.state import iso
 
 
@@ -98,3 +102,45 @@ def colour_state(facts: ColourFacts, now: datetime) -> ColourState:
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=value)
+
+
+def configmap_section(
+    config: Config,
+    records: Mapping[str, ScaleRecord],
+    held: str | None,
+    served: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The `scale` section as the ConfigMap alone tells it (`bluegreen status` without --admin).
+
+    The shape of `/status`'s, with what only a running replica knows left null: the replica
+    counts, since when a scale-up runs and its deadline, and when an idle colour is scaled down.
+    `served` None (not known from the ConfigMap) leaves the state of a colour that is neither
+    desired nor scaled down null too: it may be serving or idle.
+    """
+    colours = {}
+    for colour, name in config.scale.workloads.items():
+        record = records.get(colour)
+        facts = ColourFacts(
+            served=colour == served,
+            desired=colour == config.active,
+            record=record,
+            held=held if colour == config.active else None,
+            timeout=config.scale.timeout,
+        )
+        state = colour_state(facts, now).as_json()
+        if served is None and state["state"] == ScaleState.IDLE.value:
+            state["state"] = None  # serving or idle: the ConfigMap does not say which
+        colours[colour] = {
+            "deployment": name,
+            "desired_replicas": None,
+            "ready_replicas": None,
+            "scaled_down": record.as_json() if record is not None else None,
+            **state,
+        }
+    return {
+        "idle_replicas": config.scale.idle_replicas,
+        "after_seconds": scale_after(config.scale, config.rollback.window),
+        "timeout_seconds": config.scale.timeout,
+        "colours": colours,
+    }

@@ -1,6 +1,7 @@
 """`bluegreen status`: the status document of a config file or a ConfigMap, and its renderings.
 
-Pure: documents in, text out. The document says the desired colour (the config's `active`),
+Pure: documents in, text out (the scale section's "in 4m12s" counts from a `now` it is given,
+the clock by default). The document says the desired colour (the config's `active`),
 the served colour (what live traffic gets) and why they differ; `exit_code` turns that into the
 command's exit status, as `kubectl argo rollouts status` does for a degraded rollout.
 """
@@ -8,6 +9,7 @@ command's exit status, as `kubectl argo rollouts status` does for a degraded rol
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -32,8 +34,8 @@ def with_served(document: dict[str, Any]) -> dict[str, Any]:
     if isinstance(running, dict) and running.get("active"):
         active = running["active"]
         reason = running.get("desired_reason") or _latest_reason(running, active)
-    elif served.get("colour"):
-        active, reason = served["colour"], served.get("reason")
+    elif served:  # a recorded decision, or a switch waiting (colour None: not known here)
+        active, reason = served.get("colour"), served.get("reason")
     else:
         active, reason = desired, None
     document["active"] = active
@@ -66,8 +68,11 @@ def render(document: dict[str, Any], output: str) -> str:
     return render_text(document)
 
 
-def render_text(document: dict[str, Any]) -> str:
-    """The status as a person reads it: source, desired and served colour, upstreams, history."""
+def render_text(document: dict[str, Any], now: datetime | None = None) -> str:
+    """The status as a person reads it: source, desired and served colour, upstreams, history.
+
+    `now` (default: the clock) is what the scale section's "in 4m12s" counts from.
+    """
     lines: list[str] = []
     if "configmap" in document:
         lines.append(
@@ -78,7 +83,10 @@ def render_text(document: dict[str, Any]) -> str:
     if not document.get("valid", True):
         lines.append(f"INVALID: the proxies keep their last good config.\n{document['error']}")
     lines.append(f"desired       {document.get('desired')}")
-    served = f"active        {document.get('active')}"
+    active = document.get("active")
+    if active is None and document.get("served_reason"):
+        active = "unknown here (--admin HOST:PORT reads a replica's)"
+    served = f"active        {active}"
     if document.get("served_reason"):
         served += f"  (not the desired colour: {document['served_reason']})"
     lines.append(served)
@@ -93,9 +101,107 @@ def render_text(document: dict[str, Any]) -> str:
     for event in (document.get("events") or [])[-5:]:
         lines.append(f"  event {event['at']} {event['reason']}: {event['message']}")
     running = document.get("running")
+    # A running replica knows more (replica counts, since when, the deadline): its view wins.
+    scale = running.get("scale") if isinstance(running, dict) else None
+    scale = scale or document.get("scale")
+    if scale:
+        lines.extend(scale_lines(scale, now or datetime.now(UTC)))
     if isinstance(running, dict):
         lines.extend(_running_lines(running))
     return "\n".join(lines)
+
+
+def scale_lines(scale: dict[str, Any], now: datetime) -> list[str]:
+    """The scale section: per colour its Deployment, replicas as last seen, and its state."""
+    idle = scale.get("idle_replicas")
+    settings = (
+        f"idle colour scaled to {idle} after {_span(scale.get('after_seconds'))}"
+        if idle is not None
+        else "idle colour not scaled down (scale.idleReplicas off)"
+    )
+    timeout = scale.get("timeout_seconds")
+    if timeout is not None:
+        settings += f"; scale-up timeout {_span(timeout)}"
+    if scale.get("leader") is False:
+        settings += "; times as this replica saw them (the Lease holder scales)"
+    lines = [f"scale         {settings}"]
+    for colour, entry in (scale.get("colours") or {}).items():
+        replicas = ""
+        if entry.get("desired_replicas") is not None:
+            replicas = f"  {entry.get('ready_replicas')}/{entry['desired_replicas']} ready"
+        lines.append(
+            f"  {colour:<12}deployment/{entry.get('deployment')}{replicas}  "
+            f"{scale_state_text(colour, entry, now)}"
+        )
+        if entry.get("note"):
+            lines.append(f"    note: {entry['note']}")
+    if scale.get("error"):
+        lines.append(f"  {scale['error']}")
+    return lines
+
+
+def scale_state_text(colour: str, entry: dict[str, Any], now: datetime) -> str:
+    """One colour's scale state in words, with its times (controller/scale_state.py)."""
+    state = entry.get("state")
+    record = entry.get("scaled_down") or {}
+    restore = entry.get("restore_to")
+    if state == "serving":
+        return "serving"
+    if state == "idle":
+        due = _moment(entry.get("scale_down_at"))
+        if due is None:
+            return "idle"
+        if due > now:
+            return f"idle, scaled down at {_clock(due)} (in {_span((due - now).total_seconds())})"
+        return f"idle, scale-down due since {_clock(due)}"
+    if state == "scaled_down":
+        return (
+            f"scaled down to {record.get('idle')} at {record.get('at')} "
+            f"(restore to {restore} before a switch to {colour})"
+        )
+    if state == "scaling_up":
+        since, deadline = _moment(entry.get("scaling_up_since")), _moment(entry.get("timeout_at"))
+        if since is None or deadline is None:
+            return f"scaling up to {restore} (the Lease holder; --admin shows since when)"
+        left = (deadline - now).total_seconds()
+        return (
+            f"scaling up to {restore} since {_clock(since)} "
+            f"({_span((now - since).total_seconds())}), timeout at {_clock(deadline)} "
+            + (f"(in {_span(left)})" if left > 0 else "(passed)")
+        )
+    if state == "failed":
+        return (
+            f"failed: {entry.get('reason')} (still scaled down to {record.get('idle')}; "
+            f"`bluegreen switch {colour} --retry` tries again)"
+        )
+    if state is None:
+        return "serving or idle (the ConfigMap does not say: --admin reads a replica's)"
+    return str(state)
+
+
+def _moment(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _span(seconds: object) -> str:
+    """Seconds as `42s`, `4m12s` or `2h05m`."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _shadow_lines(shadow: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""What each colour's Deployment is doing, as /status says it (tables, no I/O)."""
+"""What each colour's Deployment is doing, and how `bluegreen status` says it (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from controller.scale_plan import ScaleRecord
 from controller.scale_state import ColourFacts, ColourState, ScaleState, colour_state
+from controller.status_report import EXIT_DIVERGED, exit_code, scale_lines, with_served
 
 NOW = datetime(2026, 12, 3, 19, 0, 0, tzinfo=UTC)
 RECORD = ScaleRecord("myapp-v1", 10, 0, "2026-12-03T18:00:00+00:00", "pod-a-1f2e3d")
@@ -79,3 +80,71 @@ def test_the_state_as_status_holds_it() -> None:
         "restore_to": 10,
         "reason": None,
     }
+
+
+def test_bluegreen_status_prints_each_colour_s_scale_state() -> None:
+    record = RECORD.as_json()
+    scale: dict[str, Any] = {
+        "leader": False,
+        "idle_replicas": 0,
+        "after_seconds": 300.0,
+        "timeout_seconds": 300.0,
+        "colours": {
+            "blue": {
+                "deployment": "myapp-v1",
+                "desired_replicas": 10,
+                "ready_replicas": 3,
+                "scaled_down": record,
+                "state": "scaling_up",
+                "scaling_up_since": "2026-12-03T18:59:12+00:00",
+                "timeout_at": "2026-12-03T19:04:12+00:00",
+                "restore_to": 10,
+                "note": None,
+            },
+            "green": {"deployment": "myapp-v2", "desired_replicas": 10, "ready_replicas": 10,
+                      "state": "serving"},
+            "red": {"deployment": "myapp-v3", "state": "idle",
+                    "scale_down_at": "2026-12-03T19:01:30+00:00"},
+            "grey": {"deployment": "myapp-v4", "state": "scaled_down", "scaled_down": record,
+                     "restore_to": 10, "note": "the last scale step failed: 503"},
+            "white": {"deployment": "myapp-v5", "state": "failed", "scaled_down": record,
+                      "reason": REFUSED, "restore_to": 10},
+            "black": {"deployment": "myapp-v6", "state": None},
+        },
+        "error": None,
+    }  # fmt: skip
+    assert scale_lines(scale, NOW) == [
+        "scale         idle colour scaled to 0 after 5m00s; scale-up timeout 5m00s; times as this "
+        "replica saw them (the Lease holder scales)",
+        "  blue        deployment/myapp-v1  3/10 ready  scaling up to 10 since "
+        "2026-12-03T18:59:12+00:00 (48s), timeout at 2026-12-03T19:04:12+00:00 (in 4m12s)",
+        "  green       deployment/myapp-v2  10/10 ready  serving",
+        "  red         deployment/myapp-v3  idle, scaled down at 2026-12-03T19:01:30+00:00 "
+        "(in 1m30s)",
+        "  grey        deployment/myapp-v4  scaled down to 0 at 2026-12-03T18:00:00+00:00 "
+        "(restore to 10 before a switch to grey)",
+        "    note: the last scale step failed: 503",
+        f"  white       deployment/myapp-v5  failed: {REFUSED} (still scaled down to 0; "
+        "`bluegreen switch white --retry` tries again)",
+        "  black       deployment/myapp-v6  serving or idle (the ConfigMap does not say: --admin "
+        "reads a replica's)",
+    ]
+    scale["colours"]["blue"].update(scaling_up_since=None, timeout_at=None)
+    assert scale_lines(scale, NOW)[1].endswith(
+        "scaling up to 10 (the Lease holder; --admin shows since when)"
+    )
+    scale["colours"]["red"]["scale_down_at"] = "2026-12-03T18:58:00+00:00"
+    assert scale_lines(scale, NOW)[3].endswith(
+        "idle, scale-down due since 2026-12-03T18:58:00+00:00"
+    )
+
+
+def test_a_switch_waiting_on_a_scale_up_is_not_served_even_when_the_colour_served_is_unknown() -> (
+    None
+):
+    document = with_served(
+        {"active": "blue", "served": {"colour": None, "reason": "waiting for blue to scale up"}}
+    )
+    assert (document["desired"], document["active"]) == ("blue", None)
+    assert document["served_reason"] == "waiting for blue to scale up"
+    assert exit_code(document) == EXIT_DIVERGED
