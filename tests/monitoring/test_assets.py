@@ -95,6 +95,11 @@ def test_dashboard_uses_the_datasource_variable_everywhere() -> None:
         "Requests per second per replica",
         "Client connections per replica",
         "Upstream connections per replica",
+        # The scale row (its queries run in tests/kubernetes/test_scale_status.py).
+        "Scaling the idle colour",
+        "Scale state per colour",
+        "Scale-up time left",
+        "Replicas per colour",
     ):
         assert wanted in titles
     latency = "\n".join(expr for where, expr in dashboard_queries() if "Latency" in where)
