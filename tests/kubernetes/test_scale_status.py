@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from controller.cluster_ops import switch_colour
+from controller.process import ConfigMapSpec, ProxyProcess
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.test_scaling import (
+    LEASE,
     SCALING_USER,
     Scene,
     _replicas_are,
@@ -32,6 +35,7 @@ from tests.kubernetes.test_scaling import (
 from tests.monitoring.assets import dashboard_queries, promql_use
 from tests.monitoring.test_exported_names import exported_series, problems_of
 from tests.monitoring.test_prometheus_e2e import eventually, prometheus_process, wait_ready
+from tests.support.kube_process import proxy_following
 from tests.support.process import run_cli
 from tests.support.waiting import wait_for, wait_for_async
 from tests.test_status_page import keep
@@ -189,6 +193,9 @@ async def test_the_dashboard_scale_panels_show_a_scale_up_in_a_real_prometheus(
     async with scene(server, SCALING_USER, extra) as made, leading_proxy(made) as process:
         made.follow_readiness()
         await wait_for_async(lambda: _replicas_are(made, "green", 0), 10, "green scaled down")
+        await wait_for(
+            lambda: gauge(process, "bluegreen_colour_ready_replicas", "green") == 0, 5, "none ready"
+        )
         made.stop_following()
         await made.patch({"active": "green"})
         await wait_for(
@@ -242,3 +249,41 @@ async def test_the_dashboard_scale_panels_show_a_scale_up_in_a_real_prometheus(
             for where, query in queries.items():
                 assert await prometheus.query(query), f"{where}: no data for {query!r}"
             print(f"scale state {states}, time left {seconds}")
+
+
+async def test_a_replica_without_the_lease_shows_the_same_scale_up_from_the_record(
+    server: tuple[KubeApiServer, dict[str, str]],
+) -> None:
+    extra = {"scale.idleReplicas": "0", "scale.after": "1s", "scale.timeout": "60s"}
+    async with (
+        scene(server, SCALING_USER, extra) as made,
+        leading_proxy(made) as leader,
+        proxy_following(ConfigMapSpec(made.ref, made.kubeconfig, LEASE)) as follower,
+    ):
+        assert not follower.decides
+        made.follow_readiness()
+
+        def green(process: ProxyProcess) -> dict[str, Any]:
+            entry: dict[str, Any] = process.status()["scale"]["colours"]["green"]
+            return entry
+
+        await wait_for(lambda: green(follower)["state"] == "scaled_down", 10, "green scaled down")
+        assert green(follower)["restore_to"] == 10
+        await wait_for(lambda: green(follower)["ready_replicas"] == 0, 5, "green's pods gone")
+        made.stop_following()
+        await made.patch({"active": "green"})
+        await wait_for(
+            lambda: all(green(p)["timeout_at"] for p in (leader, follower)), 5, "both waiting"
+        )
+        led, followed = green(leader), green(follower)
+        assert led["state"] == followed["state"] == "scaling_up"
+        assert leader.status()["scale"]["leader"] and not follower.status()["scale"]["leader"]
+        apart = datetime.fromisoformat(led["timeout_at"]) - datetime.fromisoformat(
+            followed["timeout_at"]
+        )
+        assert abs(apart.total_seconds()) <= 2, (led, followed)  # seen within a poll or two
+        assert gauge(follower, "bluegreen_colour_scaling_up", "green") == 1
+        code, text = await cli_status(made, "--admin", f"127.0.0.1:{follower.admin_port}")
+        assert code == 4
+        assert "times as this replica saw them (the Lease holder scales)" in text
+        assert "0/10 ready  scaling up to 10 since " in scale_line(text, "green")
