@@ -122,6 +122,8 @@ class Timeline:
     readyz_failed: float | None = None  # /readyz answered something else than 200
     listener_closed: float | None = None  # the proxy port refused a connection
     proxy_errors_before_readyz: list[str] = field(default_factory=list)
+    # Direct GETs that SIGTERM overtook: the connection failed and /readyz failed right after.
+    cut_by_sigterm: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def watch_pod(self) -> None:
@@ -148,16 +150,21 @@ class Timeline:
             time.sleep(0.05)
 
     def watch_process(self) -> None:
-        """Poll the Pod's /readyz and its proxy port straight from the host."""
+        """Poll the Pod's /readyz and its proxy port straight from the host.
+
+        During preStop each round also GETs / on the proxy port. The /readyz check and that GET
+        are separate requests, and SIGTERM can come between them: the proxy then closes its
+        listener and its idle connections, among them the GET's if its request has not arrived
+        yet (a fresh connection closed unanswered, `RemoteDisconnected`), or the GET is refused.
+        That GET was not answered during preStop but after it, as docs/operations.md says. A
+        GET whose connection failed is therefore followed by another /readyz: it fails from the
+        moment SIGTERM is handled, before the listener closes, so a 200 means the proxy was
+        serving normally when the GET failed, a real failure during preStop.
+        """
         while not self._stop.is_set() and self.listener_closed is None:
             now = time.monotonic()
-            if self.readyz_failed is None:
-                try:
-                    status, _ = pod_get(self.ip, ADMIN_PORT, "/readyz", timeout=1)
-                except OSError:
-                    status = 0
-                if status != 200:
-                    self.readyz_failed = now
+            if self.readyz_failed is None and not self._ready():
+                self.readyz_failed = now
             if not connects(self.ip, PROXY_PORT):
                 self.listener_closed = time.monotonic()
             elif self.readyz_failed is None and self.terminating is not None:
@@ -165,9 +172,20 @@ class Timeline:
                     status, body = pod_get(self.ip, PROXY_PORT, "/", timeout=2)
                 except OSError as error:
                     status, body = 0, repr(error)
-                if status != 200:
+                if status == 0 and not self._ready():
+                    self.readyz_failed = time.monotonic()
+                    self.cut_by_sigterm.append(body[:80])
+                elif status != 200:
                     self.proxy_errors_before_readyz.append(f"{status} {body[:80]}")
             time.sleep(0.02)
+
+    def _ready(self) -> bool:
+        """Whether the Pod's /readyz answers 200 now."""
+        try:
+            status, _ = pod_get(self.ip, ADMIN_PORT, "/readyz", timeout=1)
+        except OSError:
+            return False
+        return status == 200
 
     def start(self) -> list[threading.Thread]:
         """Both pollers, started."""
@@ -218,15 +236,11 @@ def test_rollout_restart_under_load_drains_as_documented(example: Example) -> No
         assert t.left_endpoints < t.readyz_failed, seen
         # The proxy kept serving normally through preStop; SIGTERM came after it.
         assert t.readyz_failed - t.terminating >= PRESTOP_SECONDS - 0.5, seen
-        # Every answer during preStop is a 200. One fresh connection closed with no answer at
-        # all was seen in 2 of the last 4 runs (never an HTTP error, and never through the
-        # NodePort: `load` above had none): tolerated once, and printed, until its cause is
-        # found (the closing note of 2026-12-03 says so); two or any HTTP error fail.
-        errors = t.proxy_errors_before_readyz
-        if errors:
-            print(f"{t.name}: during preStop {errors}")
-        unanswered = [e for e in errors if e.startswith("0 RemoteDisconnected")]
-        assert len(unanswered) <= 1 and len(errors) == len(unanswered), (seen, errors)
+        # Every GET during preStop is answered, with a 200 (see Timeline.watch_process for the
+        # one whose connection SIGTERM, at the end of preStop, got to first).
+        if t.cut_by_sigterm:
+            print(f"{t.name}: a GET overtaken by SIGTERM: {t.cut_by_sigterm}")
+        assert not t.proxy_errors_before_readyz, (seen, t.proxy_errors_before_readyz)
         # 2. On SIGTERM readiness fails first, then the listener closes.
         assert t.readyz_failed <= t.listener_closed, seen
 
