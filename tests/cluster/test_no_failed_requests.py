@@ -159,13 +159,17 @@ class Timeline:
         That GET was not answered during preStop but after it, as docs/operations.md says. A
         GET whose connection failed is therefore followed by another /readyz: it fails from the
         moment SIGTERM is handled, before the listener closes, so a 200 means the proxy was
-        serving normally when the GET failed, a real failure during preStop.
+        serving normally when the GET failed, a real failure during preStop. The same goes for
+        the listener refusing a connection right after a /readyz that passed.
         """
         while not self._stop.is_set() and self.listener_closed is None:
             now = time.monotonic()
             if self.readyz_failed is None and not self._ready():
                 self.readyz_failed = now
             if not connects(self.ip, PROXY_PORT):
+                # SIGTERM may also have come right after the /readyz check above.
+                if self.readyz_failed is None and not self._ready():
+                    self.readyz_failed = time.monotonic()
                 self.listener_closed = time.monotonic()
             elif self.readyz_failed is None and self.terminating is not None:
                 try:
