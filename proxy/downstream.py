@@ -437,6 +437,24 @@ class ClientConnection(asyncio.Protocol):
         elif self.transport is not None and not self.closed:
             self.transport.writelines(parts)
 
+    def splice_fd(self) -> int | None:
+        """The socket's descriptor while nothing waits to be written to it (see proxy/splice.py).
+
+        Bytes still buffered, held by `cork`, or a closing connection: None, since a splice
+        writes past the transport and would overtake them.
+        """
+        transport = self.transport
+        if (
+            transport is None
+            or self.closed
+            or self.corked is not None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
     def cork(self) -> None:
         """Hold writes until `uncork`, to send what one upstream read produced in one syscall.
 

@@ -109,6 +109,10 @@ class ClientSide(ClientWriter, Protocol):
         """Close at once: the client must see a cut response."""
         ...
 
+    def splice_fd(self) -> int | None:
+        """The client socket's descriptor while nothing waits to be written to it, else None."""
+        ...
+
 
 class ExchangeContext(Protocol):
     """What an exchange needs of the server it runs in (proxy/server.py)."""
@@ -412,6 +416,23 @@ class Exchange:
             self.client.writelines(chunk(data))
         else:
             self.client.write(data)
+
+    def splice_target(self) -> int | None:
+        """The client's socket for the rest of the body, unless the proxy must see the bytes.
+
+        A shadow digests the live body, and a re-chunked body needs its framing written.
+        """
+        if self.shadow is not None or self.response_chunked:
+            return None
+        return self.client.splice_fd()
+
+    def body_spliced(self, size: int) -> None:
+        """Count body bytes that went to the client without passing through the process."""
+        self.bytes_out += size
+
+    def client_write_failed(self) -> None:
+        """The client's socket refused the spliced body: close it, as a failed write would."""
+        self.client.abort()
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         """Finish the response, return the upstream connection to its pool, record metrics."""

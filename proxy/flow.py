@@ -20,6 +20,9 @@ PEER_BACKED_UP: Final = 1
 PENDING_BODY: Final = 2
 # As many pipelined requests are queued as the client connection accepts at once.
 PIPELINE: Final = 4
+# The rest of a response body moves socket to socket in the kernel (proxy/splice.py): the
+# transport must not read it.
+SPLICING: Final = 8
 
 
 class ReadGate:

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy import splice
 from proxy.access_log import AccessLog
 from proxy.histogram import DURATION_BUCKETS, DurationHistogram
 from proxy.preview_cookie import LINK_ACTIONS, OUTCOMES
@@ -193,6 +194,13 @@ class TrafficCollector(Collector):
             response_bytes.add_metric((colour, route), traffic.bytes_out)
         yield request_bytes
         yield response_bytes
+        spliced = CounterMetricFamily(
+            "bluegreen_spliced_response_bytes",
+            "Response body bytes moved from the upstream's socket to the client's in the kernel "
+            "(splice), part of bluegreen_response_bytes_total.",
+        )
+        spliced.add_metric((), splice.totals.bytes)
+        yield spliced
         yield from _connection_families(stats)
 
         inflight = GaugeMetricFamily(

@@ -326,6 +326,17 @@ class ShadowRequest:
         if digest is not None:
             digest.update(data)
 
+    def splice_target(self) -> int | None:
+        """Never: the shadow's body is digested (or only counted), so it must pass through here."""
+        return None
+
+    def body_spliced(self, size: int) -> None:
+        """Count spliced bytes like read ones (never called: splice_target says no)."""
+        self.body_seen += size
+
+    def client_write_failed(self) -> None:
+        """There is no client to fail (never called: splice_target says no)."""
+
     def response_complete(self, conn: UpstreamConnection) -> None:
         """The idle colour answered in full: free the connection, then compare."""
         self.conn = None

@@ -19,14 +19,17 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from proxy.flow import PEER_BACKED_UP, ReadGate
+from proxy.flow import PEER_BACKED_UP, SPLICING, ReadGate
 from proxy.framing import FailureKind
 from proxy.headers import ResponseHead, ResponseHeadError
 from proxy.routing import PoolSettings
+from proxy.splice import SPLICE_MIN_BYTES, BodySplice, splice_available
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEAD = 64 * 1024
+# Decided once: whether large bodies move socket to socket in the kernel (proxy/splice.py).
+SPLICE_BODIES = splice_available()
 
 
 class ClientWriter(Protocol):
@@ -78,6 +81,22 @@ class ResponseHandler(Protocol):
         """A piece of the response body arrived."""
         ...
 
+    def splice_target(self) -> int | None:
+        """The client's socket descriptor when the rest of the body may go to it unseen.
+
+        None when the proxy must see the body (it re-frames or digests it), or when bytes
+        still wait to be written to the client, which a splice would overtake.
+        """
+        ...
+
+    def body_spliced(self, size: int) -> None:
+        """`size` bytes of the body went from the upstream's socket to the client's."""
+        ...
+
+    def client_write_failed(self) -> None:
+        """Writing the spliced body to the client failed: the client connection is gone."""
+        ...
+
     def response_complete(self, conn: UpstreamConnection) -> None:
         """The response is complete; `conn` is free for the pool."""
         ...
@@ -114,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.remaining: int | None = None  # body bytes still expected, when the length is known
         self.chunked = False  # the response in progress is chunked on the wire
         self.pass_through = 0  # body bytes to forward without parsing
+        self.splice: BodySplice | None = None  # the rest of the body, moving in the kernel
         self.head_done = False
         self.message_done = False
         self.informational = False
@@ -144,6 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.reading.close()
         self._cancel_timer()
+        self._stop_splice()
         exchange = self.exchange
         if exchange is None:
             self.pool.forget(self)
@@ -210,6 +231,8 @@ class UpstreamConnection(asyncio.Protocol):
                 "protocol", "response head larger than 64 KiB", response_seen=False
             )
             self.close()
+        elif self.pass_through >= SPLICE_MIN_BYTES and SPLICE_BODIES and self.exchange is exchange:
+            self._start_splice(exchange)
 
     def _parse(self, data: bytes, exchange: ResponseHandler) -> None:
         try:
@@ -359,6 +382,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.reusable = False
         self._cancel_timer()
+        self._stop_splice()
         self.reading.close()
         if self.transport is not None and not self.closed:
             self.closed = True
@@ -370,13 +394,66 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.reusable = False
         self._cancel_timer()
+        self._stop_splice()
         self.reading.close()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
         self.pool.forget(self)
 
+    # --- proxy.splice.SpliceEvents -----------------------------------------------------------
+
+    def body_spliced(self, size: int) -> None:
+        """Bytes reached the client: activity, for the read timeout."""
+        self.last_activity = self.loop.time()
+        if self.exchange is not None:
+            self.exchange.body_spliced(size)
+
+    def splice_finished(self) -> None:
+        """The body is complete: read this connection again and finish the response."""
+        self.splice = None
+        self.remaining = 0
+        self.message_done = True
+        self.reading.unblock(SPLICING)
+        self._finish()
+
+    def splice_failed(self, client_gone: bool, message: str) -> None:
+        """The splice stopped before the end: fail like a read or a client write would."""
+        self.splice = None
+        exchange = self.exchange
+        if exchange is not None and not client_gone:
+            exchange.upstream_failed("reset", message, response_seen=True)
+        self.close()
+        if exchange is not None and client_gone:
+            exchange.client_write_failed()
+
     # --- internals --------------------------------------------------------------------------
+
+    def _start_splice(self, exchange: ResponseHandler) -> None:
+        """Move the rest of the body in the kernel, when the client's side allows it."""
+        client_fd = exchange.splice_target()
+        transport = self.transport
+        if client_fd is None or transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            splice = BodySplice(self.loop, sock.fileno(), client_fd, self.pass_through, self)
+        except OSError as error:
+            # Out of descriptors, most likely: this body takes the ordinary path.
+            log.warning("cannot splice a response body, copying it instead: %s", error)
+            return
+        self.splice = splice
+        self.pass_through = 0
+        self.reading.block(SPLICING)
+        splice.start()
+
+    def _stop_splice(self) -> None:
+        splice = self.splice
+        if splice is not None:
+            self.splice = None
+            splice.cancel()
 
     def _pass_body_through(self, data: bytes, exchange: ResponseHandler) -> None:
         """Forward up to `pass_through` body bytes unparsed, finishing the response at its end."""
@@ -416,7 +493,8 @@ class UpstreamConnection(asyncio.Protocol):
             return  # idle in the pool: the next attach arms the timer again
         timeout = self.read_timeout
         idle_for = self.loop.time() - self.last_activity
-        if exchange.waiting_for_client():
+        splice = self.splice
+        if exchange.waiting_for_client() or (splice is not None and splice.waiting_for_client):
             # The client is slow to send its body or to read ours: not the upstream's fault.
             self._arm_timer(timeout)
         elif idle_for >= timeout:
