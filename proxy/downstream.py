@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading = ReadGate()
         self.writing_paused = False
         self.corked: list[bytes] | None = None
+        self.fd = -1  # the socket's descriptor, once a splice asked for it (splice_fd)
         self.closed = False
         self.eof = False
         # When the connection last became idle (opened, or a response finished): the keep-alive
@@ -452,8 +453,15 @@ class ClientConnection(asyncio.Protocol):
             or transport.get_write_buffer_size()
         ):
             return None
-        sock = transport.get_extra_info("socket")
-        return None if sock is None else int(sock.fileno())
+        fd = self.fd
+        if fd < 0:
+            # Asked once per connection: uvloop builds a socket object and asks the kernel for
+            # its address on every get_extra_info("socket").
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                return None
+            fd = self.fd = int(sock.fileno())
+        return fd
 
     def cork(self) -> None:
         """Hold writes until `uncork`, to send what one upstream read produced in one syscall.

@@ -134,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False  # the response in progress is chunked on the wire
         self.pass_through = 0  # body bytes to forward without parsing
         self.splice: BodySplice | None = None  # the rest of the body, moving in the kernel
+        self.fd = -1  # the socket's descriptor, once a splice asked for it
         self.head_done = False
         self.message_done = False
         self.informational = False
@@ -435,11 +436,15 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if client_fd is None or transport is None:
             return
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return
+        fd = self.fd
+        if fd < 0:
+            # Asked once per connection: uvloop builds a new socket object every time.
+            sock = transport.get_extra_info("socket")
+            if sock is None:
+                return
+            fd = self.fd = int(sock.fileno())
         try:
-            splice = BodySplice(self.loop, sock.fileno(), client_fd, self.pass_through, self)
+            splice = BodySplice(self.loop, fd, client_fd, self.pass_through, self)
         except OSError as error:
             # Out of descriptors, most likely: this body takes the ordinary path.
             log.warning("cannot splice a response body, copying it instead: %s", error)
