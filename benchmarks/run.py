@@ -64,14 +64,24 @@ LARGE_TARGETS = (
     "nginx-bigbuf",
     "haproxy",
     "haproxy-bigbuf",
+    "haproxy-splice",
     "caddy",
     "relay",
     "bluegreen",
+    "bluegreen-copy",
 )
 # The references the ratios are computed against, per body.
 REFERENCES: dict[str, tuple[str, ...]] = {
     "small": ("nginx", "haproxy", "caddy", "relay", "bluegreen"),
-    "large": ("nginx", "haproxy", "nginx-bigbuf", "haproxy-bigbuf", "relay"),
+    "large": (
+        "nginx",
+        "haproxy",
+        "nginx-bigbuf",
+        "haproxy-bigbuf",
+        "haproxy-splice",
+        "relay",
+        "bluegreen-copy",
+    ),
 }
 
 APT_PACKAGES = ("nginx-light", "haproxy", "wrk")
@@ -456,8 +466,10 @@ http {{
     )
 
 
-def haproxy_conf(port: int, backend_port: int, bigbuf: bool) -> str:
+def haproxy_conf(port: int, backend_port: int, bigbuf: bool, splice: bool = False) -> str:
     tune = "    tune.bufsize 262144\n" if bigbuf else ""
+    # Response bodies moved socket to socket in the kernel, as bluegreen does (proxy/splice.py).
+    splice_option = "    option splice-response\n" if splice else ""
     return f"""global
     nbthread 1
     maxconn 4096
@@ -471,7 +483,7 @@ defaults
     timeout server 300s
     timeout http-request 30s
     timeout http-keep-alive 300s
-
+{splice_option}
 frontend fe
     bind 127.0.0.1:{port}
     default_backend be
@@ -787,7 +799,12 @@ def start_servers(
     # One port per measured target (SMALL_TARGETS and LARGE_TARGETS name them) and one for each
     # bluegreen's admin server.
     measured = dict.fromkeys((*SMALL_TARGETS, *LARGE_TARGETS))
-    names = [*(name for name in measured if name != "direct"), "bg-admin", "bg-log-admin"]
+    names = [
+        *(name for name in measured if name != "direct"),
+        "bg-admin",
+        "bg-log-admin",
+        "bg-copy-admin",
+    ]
     ports = dict(zip(["direct", *names], free_ports(len(names) + 1), strict=True))
     nginx = tools["nginx"]
     targets: dict[str, Target] = {}
@@ -817,9 +834,13 @@ def start_servers(
         conf = proxy_nginx_conf(tmp, name, ports[name], ports["direct"], bigbuf)
         targets[name] = Target(name, ports[name], start_nginx(name, conf, pin.proxy_cpu))
 
-    for name, bigbuf in (("haproxy", False), ("haproxy-bigbuf", True)):
+    for name, bigbuf, splice in (
+        ("haproxy", False, False),
+        ("haproxy-bigbuf", True, False),
+        ("haproxy-splice", True, True),
+    ):
         conf_path = tmp / f"{name}.cfg"
-        conf_path.write_text(haproxy_conf(ports[name], ports["direct"], bigbuf))
+        conf_path.write_text(haproxy_conf(ports[name], ports["direct"], bigbuf, splice))
         argv = [tools["haproxy"], "-db", "-f", str(conf_path), "-p", str(tmp / f"{name}.pid")]
         targets[name] = Target(name, ports[name], procs.start(name, pin.wrap(argv, pin.proxy_cpu)))
 
@@ -871,10 +892,15 @@ def start_servers(
         ]
         add_checked("relay", procs.start("relay", pin.wrap(argv, pin.proxy_cpu)))
 
-    for name, admin, extra in (
-        ("bluegreen", "bg-admin", ""),
-        ("bluegreen-log", "bg-log-admin", "accessLog.format: json\n"),
-    ):
+    # bluegreen-copy: BLUEGREEN_SPLICE=0, so large bodies are copied through the process as
+    # before proxy/splice.py; against bluegreen in the same rounds, what splicing gains.
+    copy_env: dict[str, str] = dict(os.environ, BLUEGREEN_SPLICE="0")
+    bluegreens: tuple[tuple[str, str, str, dict[str, str] | None], ...] = (
+        ("bluegreen", "bg-admin", "", None),
+        ("bluegreen-log", "bg-log-admin", "accessLog.format: json\n", None),
+        ("bluegreen-copy", "bg-copy-admin", "", copy_env),
+    )
+    for name, admin, extra, bg_env in bluegreens:
         if bluegreen_argv is None:
             break
         conf_path = tmp / f"{name}.yaml"
@@ -889,7 +915,7 @@ def start_servers(
             "--admin-listen",
             f"127.0.0.1:{ports[admin]}",
         ]
-        proc = procs.start(name, pin.wrap(argv, pin.proxy_cpu))
+        proc = procs.start(name, pin.wrap(argv, pin.proxy_cpu), env=bg_env)
         add_checked(name, proc, f"http://127.0.0.1:{ports[admin]}/readyz")
     return targets, failures
 
