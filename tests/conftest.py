@@ -14,7 +14,8 @@ import uvloop
 from proxy.metrics import TrafficStats
 from proxy.routing import PreviewPolicy, ProxyTimeouts, RoutingTable, Upstream
 from proxy.server import ProxyServer
-from tests.support.colours import ColourApp, colour_application, start_app
+from tests.support.colours import ColourApp
+from tests.support.in_process import served
 from tests.support.net import RunningProxy, TableFactory
 from tests.support.upstreams import RawUpstreams
 
@@ -33,16 +34,9 @@ def pytest_asyncio_loop_factories(
 @pytest.fixture
 async def colours() -> AsyncIterator[dict[str, ColourApp]]:
     """Blue and green upstream servers."""
-    apps: dict[str, ColourApp] = {}
-    runners = []
-    for colour in ("blue", "green"):
-        state = ColourApp(colour)
-        runner, state.port = await start_app(colour_application(state))
-        runners.append(runner)
-        apps[colour] = state
-    yield apps
-    for runner in runners:
-        await runner.cleanup()
+    apps = {colour: ColourApp(colour) for colour in ("blue", "green")}
+    async with served(apps):
+        yield apps
 
 
 @pytest.fixture

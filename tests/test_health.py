@@ -14,7 +14,8 @@ from aiohttp import web
 from controller.config import parse_config
 from controller.health import HealthChecker
 from controller.health_state import Health, HealthState
-from tests.support.colours import ColourApp, start_app
+from tests.support.colours import ColourApp
+from tests.support.in_process import served
 from tests.support.process import Proxy, config_text, running, sample
 from tests.support.waiting import wait_for as wait_until
 
@@ -69,13 +70,8 @@ class FlippableHealth:
 @pytest.fixture
 async def flippable() -> AsyncIterator[dict[str, FlippableHealth]]:
     servers = {"blue": FlippableHealth(), "green": FlippableHealth()}
-    runners = []
-    for server in servers.values():
-        runner, server.port = await start_app(server.app())
-        runners.append(runner)
-    yield servers
-    for runner in runners:
-        await runner.cleanup()
+    async with served(servers):
+        yield servers
 
 
 async def test_probes_follow_each_colour(flippable: dict[str, FlippableHealth]) -> None:

@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, expect
 
-from controller.process import Endpoint, ProxyProcess
+from controller.process import ProxyProcess
 from tests.support.colours import BreakableColour as Colour
-from tests.support.colours import breakable_config, start_app
+from tests.support.colours import breakable_config
 from tests.support.files import atomic_write
-from tests.support.waiting import wait_for as wait
+from tests.support.in_process import breakable_colours, in_process_proxy, in_process_run
 
 WAIT_MS = 5000  # every wait for the page to show something is bounded by this
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -32,14 +32,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 async def colours() -> AsyncIterator[dict[str, Colour]]:
     """Blue and green apps on loopback."""
-    apps = {name: Colour(name) for name in ("blue", "green")}
-    runners = []
-    for colour in apps.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    yield apps
-    for runner in runners:
-        await runner.cleanup()
+    async with breakable_colours() as apps:
+        yield apps
 
 
 @pytest.fixture
@@ -49,20 +43,8 @@ async def process(
     """A ProxyProcess serving from a config file, with both colours already healthy."""
     config = tmp_path / "bluegreen.yaml"
     config.write_text(breakable_config(colours, "blue"))
-    running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(running.run())
-
-    def started() -> bool:
-        if task.done():
-            task.result()  # raises what stopped it
-        return running.ready.is_set() and all(
-            running.health_of(name)[0] == "healthy" for name in colours
-        )
-
-    await wait(started, 10, "process ready with both colours healthy")
-    yield running, config, task
-    running.stop()
-    await asyncio.wait_for(task, 15)
+    async with in_process_run(config, healthy=tuple(colours)) as (running, task):
+        yield running, config, task
 
 
 def keep(screenshot: Path) -> None:
@@ -192,10 +174,7 @@ async def test_status_page_shows_the_shadow_comparison(
     config = tmp_path / "bluegreen.yaml"
     config.write_text(breakable_config(colours, "blue", "shadow.percent: 100\n"))
     colours["green"].failing_under = "/api"
-    running = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
-    task = asyncio.create_task(running.run())
-    try:
-        await wait(running.ready.is_set, 10, "process ready")
+    async with in_process_proxy(config, healthy=()) as running:
         async with aiohttp.ClientSession() as session:
             for path in ("/", "/api/cart", "/", "/api/cart"):
                 async with session.get(f"http://127.0.0.1:{running.proxy_port}{path}") as r:
@@ -206,6 +185,3 @@ async def test_status_page_shows_the_shadow_comparison(
         await expect(green).to_contain_text("0.50", timeout=WAIT_MS)
         await expect(green).to_contain_text("2 x /api/cart: live 200, green 500 (500)")
         await expect(page.locator("#shadow-summary")).to_contain_text("100% of the live requests")
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 15)

@@ -33,6 +33,9 @@ class ColourApp:
     def upstream(self) -> Upstream:
         return Upstream(self.colour, self.url, "127.0.0.1", self.port)
 
+    def app(self) -> web.Application:
+        return colour_application(self)
+
 
 def colour_application(state: ColourApp) -> web.Application:
     """Endpoints the tests need: echo, headers, big bodies, chunked, slow, WebSocket."""

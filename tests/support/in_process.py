@@ -1,4 +1,4 @@
-"""Two breakable colour apps and a `ProxyProcess` in the test's own event loop, for fixtures.
+"""Colour apps and a `ProxyProcess` in the test's own event loop, for fixtures.
 
 The in-process counterpart of tests/support/process.py (which runs `bluegreen run` as a child):
 tests that look at the process's state (its routing table, health, switches) use these.
@@ -7,9 +7,12 @@ tests that look at the process's state (its routing table, health, switches) use
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+from aiohttp import web
 
 from controller.health_state import Health
 from controller.process import Endpoint, ProxyProcess
@@ -17,28 +20,47 @@ from tests.support.colours import BreakableColour, start_app
 from tests.support.waiting import wait_for
 
 
+class ServedApp(Protocol):
+    """A test server: its aiohttp application, and the port it is served on once started."""
+
+    port: int
+
+    def app(self) -> web.Application: ...
+
+
+App = TypeVar("App", bound=ServedApp)
+
+
 @asynccontextmanager
-async def breakable_colours() -> AsyncIterator[dict[str, BreakableColour]]:
-    """Blue and green BreakableColour apps on free loopback ports, stopped on exit."""
-    colours = {name: BreakableColour(name) for name in ("blue", "green")}
+async def served(apps: Mapping[str, App]) -> AsyncIterator[Mapping[str, App]]:
+    """Serve each of `apps` on a free loopback port (set as its `port`); stop them on exit."""
     runners = []
     try:
-        for colour in colours.values():
-            runner, colour.port = await start_app(colour.app())
+        for app in apps.values():
+            runner, app.port = await start_app(app.app())
             runners.append(runner)
-        yield colours
+        yield apps
     finally:
         for runner in runners:
             await runner.cleanup()
 
 
 @asynccontextmanager
-async def in_process_proxy(
+async def breakable_colours() -> AsyncIterator[dict[str, BreakableColour]]:
+    """Blue and green BreakableColour apps on free loopback ports, stopped on exit."""
+    colours = {name: BreakableColour(name) for name in ("blue", "green")}
+    async with served(colours):
+        yield colours
+
+
+@asynccontextmanager
+async def in_process_run(
     config: Path, *, healthy: Sequence[str] = ("green",)
-) -> AsyncIterator[ProxyProcess]:
+) -> AsyncIterator[tuple[ProxyProcess, asyncio.Task[None]]]:
     """A ProxyProcess over `config` on free loopback ports, serving, with the colours named in
-    `healthy` passing their health checks; stopped on exit. A process that stops while
-    starting raises what stopped it."""
+    `healthy` passing their health checks, and the task running it (for a test that stops the
+    process itself); stopped on exit. A process that stops while starting raises what stopped
+    it."""
     process = ProxyProcess(config, Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 0))
     task = asyncio.create_task(process.run())
 
@@ -52,7 +74,16 @@ async def in_process_proxy(
         await wait_for(started, 10, "process ready")
         if task.done():
             task.result()
-        yield process
+        yield process, task
     finally:
         process.stop()
         await asyncio.wait_for(task, 15)
+
+
+@asynccontextmanager
+async def in_process_proxy(
+    config: Path, *, healthy: Sequence[str] = ("green",)
+) -> AsyncIterator[ProxyProcess]:
+    """As `in_process_run`, for the process alone."""
+    async with in_process_run(config, healthy=healthy) as (process, _):
+        yield process
