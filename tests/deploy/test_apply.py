@@ -86,6 +86,21 @@ def apply(server: KubeApiServer, namespace: str, documents: list[Document]) -> N
     kubectl(kubeconfig, "apply", "--namespace", namespace, "-f", "-", stdin=stream)
 
 
+def delete(server: KubeApiServer, namespace: str, documents: list[Document]) -> None:
+    """Delete the objects `apply` made in `namespace`, without waiting.
+
+    Namespaces are never finalized on this server (no controller-manager): the objects
+    themselves are deleted, so that the next test can take NodePort 30080 again.
+    """
+    stream = yaml.safe_dump_all(documents, sort_keys=False)
+    kubectl(
+        server.kubeconfig,
+        *("delete", "--namespace", namespace, "--ignore-not-found", "--wait=false"),
+        *("-f", "-"),
+        stdin=stream,
+    )
+
+
 def applied(server: KubeApiServer, namespace: str, documents: list[Document]) -> list[Document]:
     """Read back, in the same order, the objects the API server stored for `documents`."""
     stream = yaml.safe_dump_all(documents, sort_keys=False)
@@ -146,20 +161,7 @@ def test_every_kustomization_applies_to_a_real_api_server(
             # The API server allocated the NodePort the seed's users already know.
             assert services["bluegreen"]["spec"]["ports"][0]["nodePort"] == 30080
     finally:
-        # Namespaces are never finalized on this server (no controller-manager): delete the
-        # objects themselves, so that the next test can take NodePort 30080 again.
-        stream = yaml.safe_dump_all(documents, sort_keys=False)
-        kubectl(
-            kube_apiserver.kubeconfig,
-            "delete",
-            "--namespace",
-            namespace,
-            "--ignore-not-found",
-            "--wait=false",
-            "-f",
-            "-",
-            stdin=stream,
-        )
+        delete(kube_apiserver, namespace, documents)
 
 
 async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, str, str]:

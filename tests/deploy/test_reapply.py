@@ -9,7 +9,6 @@ alone. So re-applying the overlay does not send users back to the colour that wa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,23 +17,19 @@ import yaml
 
 from controller.kube import ConfigMapRef, KubeClient, load_api_client
 from tests.deploy.manifests import Document, debian_kubectl, render
-from tests.deploy.test_apply import apply, for_kube_1_20, kubectl
+from tests.deploy.test_apply import apply, delete, for_kube_1_20, kubectl
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.test_rollback_cluster import (
+    HEALTH,
     Replicas,
     decision_recorded,
     healthy_everywhere,
     sample_for,
 )
-from tests.support.colours import BreakableColour, start_app
+from tests.support.colours import BreakableColour
+from tests.support.in_process import breakable_colours
+from tests.support.kube_process import stop_all
 from tests.support.waiting import wait_for as wait
-
-FAST_CHECKS = {
-    "health.interval": "200ms",
-    "health.timeout": "100ms",
-    "health.failureThreshold": "2",
-    "health.successThreshold": "1",
-}
 
 
 def overlay(documents: list[Document], colours: dict[str, BreakableColour], active: str) -> str:
@@ -42,7 +37,7 @@ def overlay(documents: list[Document], colours: dict[str, BreakableColour], acti
     edited = []
     for document in documents:
         if document["kind"] == "ConfigMap" and document["metadata"]["name"] == "bluegreen":
-            data = {**document["data"], **FAST_CHECKS, "active": active}
+            data = {**document["data"], **HEALTH, "active": active}
             data.update({f"upstream.{name}": colour.url for name, colour in colours.items()})
             edited.append({**document, "data": data})
         else:
@@ -52,16 +47,8 @@ def overlay(documents: list[Document], colours: dict[str, BreakableColour], acti
 
 @pytest.fixture
 async def colours() -> AsyncIterator[dict[str, BreakableColour]]:
-    made = {"blue": BreakableColour("blue"), "green": BreakableColour("green")}
-    runners = []
-    for colour in made.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    try:
+    async with breakable_colours() as made:
         yield made
-    finally:
-        for runner in runners:
-            await runner.cleanup()
 
 
 async def test_re_applying_the_example_after_a_rollback_changes_nothing_served(
@@ -110,22 +97,6 @@ async def test_re_applying_the_example_after_a_rollback_changes_nothing_served(
         for process in replicas.processes:
             assert process.status()["desired_reason"] == decision.reason
     finally:
-        for process, task in replicas.running:
-            process.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
+        await stop_all(replicas.running)
         await api.close()
-        # Namespaces are never finalized here (no controller-manager): delete the objects, so
-        # that the next test can take NodePort 30080 again.
-        await asyncio.to_thread(
-            kubectl,
-            kubeconfig,
-            "delete",
-            "--namespace",
-            namespace,
-            "--ignore-not-found",
-            "--wait=false",
-            "-f",
-            "-",
-            stdin=yaml.safe_dump_all(documents, sort_keys=False),
-        )
+        await asyncio.to_thread(delete, kube_apiserver, namespace, documents)

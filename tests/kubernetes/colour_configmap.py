@@ -16,7 +16,8 @@ from kubernetes_asyncio import client
 
 from controller.kube import ConfigMapRef, load_api_client
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.support.colours import BreakableColour, start_app
+from tests.support.colours import BreakableColour
+from tests.support.in_process import breakable_colours
 
 
 @dataclass
@@ -34,27 +35,21 @@ async def colour_configmap(
 ) -> AsyncIterator[ColourConfigMap]:
     """Serve blue and green, create namespace `<prefix>-<random>` with ConfigMap `bluegreen`
     (active: blue, both upstreams, then the `health` keys), and clean all of it up on exit."""
-    colours = {"blue": BreakableColour("blue"), "green": BreakableColour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    api = await load_api_client(server.kubeconfig)
-    try:
-        namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        core = client.CoreV1Api(api)
-        await core.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
-        )
-        data = {"active": "blue", **{f"upstream.{n}": c.url for n, c in colours.items()}}
-        await core.create_namespaced_config_map(
-            namespace,
-            client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(name="bluegreen"), data={**data, **health}
-            ),
-        )
-        yield ColourConfigMap(api, ConfigMapRef(namespace, "bluegreen"), colours)
-    finally:
-        await api.close()
-        for runner in runners:
-            await runner.cleanup()
+    async with breakable_colours() as colours:
+        api = await load_api_client(server.kubeconfig)
+        try:
+            namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+            core = client.CoreV1Api(api)
+            await core.create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+            )
+            data = {"active": "blue", **{f"upstream.{n}": c.url for n, c in colours.items()}}
+            await core.create_namespaced_config_map(
+                namespace,
+                client.V1ConfigMap(
+                    metadata=client.V1ObjectMeta(name="bluegreen"), data={**data, **health}
+                ),
+            )
+            yield ColourConfigMap(api, ConfigMapRef(namespace, "bluegreen"), colours)
+        finally:
+            await api.close()

@@ -31,10 +31,10 @@ from controller.kube import (
     NotFoundError,
     load_api_client,
 )
-from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
+from controller.process import ConfigMapSpec, ProxyProcess
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.support.colours import ColourApp
-from tests.support.kube_process import colour_data
+from tests.support.kube_process import Running, colour_data, start_following, stop_all
 from tests.support.waiting import wait_for, wait_for_async
 
 
@@ -45,7 +45,7 @@ class Cluster:
     server: KubeApiServer
     api: Any
     ref: ConfigMapRef
-    proxies: list[tuple[ProxyProcess, asyncio.Task[None]]] = field(default_factory=list)
+    proxies: Running = field(default_factory=list)
 
     @property
     def core(self) -> Any:
@@ -67,15 +67,7 @@ class Cluster:
         return [e for e in await kube.events() if e.get("reason") == reason]
 
     async def start_proxy(self) -> ProxyProcess:
-        process = ProxyProcess(
-            ConfigMapSpec(self.ref, self.server.kubeconfig),
-            Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", 0),
-        )
-        task = asyncio.create_task(process.run())
-        self.proxies.append((process, task))
-        await wait_for(lambda: process.state.table is not None and process.proxy_port != 0, 20)
-        return process
+        return await start_following(ConfigMapSpec(self.ref, self.server.kubeconfig), self.proxies)
 
 
 @contextlib.asynccontextmanager
@@ -96,10 +88,7 @@ async def cluster_on(
     try:
         yield cluster
     finally:
-        for process, task in cluster.proxies:
-            process.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
+        await stop_all(cluster.proxies)
         await api.close()
 
 

@@ -9,7 +9,6 @@ and Flux do) never sends users back to a colour that was rolled back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,13 +21,14 @@ from controller.decision import DECISION_ANNOTATION
 from controller.history import HISTORY_ANNOTATION, PREVIOUS_ANNOTATION
 from controller.kube import KubeClient
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.kubernetes.colour_configmap import colour_configmap
 from tests.kubernetes.test_rollback_cluster import (
+    HEALTH,
     MERGE_PATCH,
     Replicas,
     admins,
     decision_recorded,
     healthy_everywhere,
+    replicas_over,
     sample_for,
     target,
     unhealthy_everywhere,
@@ -43,22 +43,9 @@ GITOPS_MANAGER = "argocd-controller"  # the field manager a GitOps controller ap
 @pytest.fixture
 async def gitops(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
     """Replicas over a ConfigMap whose error-rate rollback needs only 6 live requests."""
-    keys = {
-        "health.interval": "200ms",
-        "health.timeout": "100ms",
-        "health.failureThreshold": "2",
-        "health.successThreshold": "1",
-        "rollback.minRequests": "6",
-    }
-    async with colour_configmap(kube_apiserver, "gitops", keys) as made_up:
-        made = Replicas(kube_apiserver, made_up.api, made_up.ref, made_up.colours)
-        try:
-            yield made
-        finally:
-            for process, task in made.running:
-                process.stop()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
+    keys = {**HEALTH, "rollback.minRequests": "6"}
+    async with replicas_over(kube_apiserver, "gitops", keys) as made:
+        yield made
 
 
 async def desired_data(replicas: Replicas, **changes: str) -> dict[str, str]:

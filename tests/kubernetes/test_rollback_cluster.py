@@ -21,10 +21,11 @@ from controller.health_state import Health
 from controller.history import HISTORY_ANNOTATION, PREVIOUS_ANNOTATION
 from controller.kube import ConfigMapRef, KubeClient
 from controller.leader import LeaseSettings
-from controller.process import ConfigMapSpec, Endpoint, ProxyProcess
+from controller.process import ConfigMapSpec, ProxyProcess
 from tests.kubernetes.apiserver import KubeApiServer
 from tests.kubernetes.colour_configmap import colour_configmap
 from tests.support.colours import BreakableColour as Colour
+from tests.support.kube_process import Running, start_following, stop_all
 from tests.support.process import run_cli
 from tests.support.waiting import wait_for as wait
 from tests.support.waiting import wait_for_async
@@ -41,19 +42,13 @@ class Replicas:
     api: Any
     ref: ConfigMapRef
     colours: dict[str, Colour]
-    running: list[tuple[ProxyProcess, asyncio.Task[None]]] = field(default_factory=list)
+    running: Running = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> ProxyProcess:
-        process = ProxyProcess(
-            ConfigMapSpec(self.ref, self.server.kubeconfig, LEASE),
-            Endpoint("127.0.0.1", 0),
-            Endpoint("127.0.0.1", 0),
+        return await start_following(
+            ConfigMapSpec(self.ref, self.server.kubeconfig, LEASE), self.running
         )
-        task = asyncio.create_task(process.run())
-        self.running.append((process, task))
-        await wait(lambda: process.state.table is not None and process.proxy_port != 0, 20)
-        return process
 
     async def stop(self, process: ProxyProcess) -> None:
         for entry in list(self.running):
@@ -103,20 +98,21 @@ SHADOW = {"shadow.percent": "100", "shadow.minRequests": "30", "shadow.maxMismat
 
 @pytest.fixture
 async def replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
-    async with _replicas(kube_apiserver, "rb", HEALTH) as made:
+    async with replicas_over(kube_apiserver, "rb", HEALTH) as made:
         yield made
 
 
 @pytest.fixture
 async def shadow_replicas(kube_apiserver: KubeApiServer) -> AsyncIterator[Replicas]:
-    async with _replicas(kube_apiserver, "sh", {**HEALTH, **SHADOW}) as made:
+    async with replicas_over(kube_apiserver, "sh", {**HEALTH, **SHADOW}) as made:
         yield made
 
 
 @contextlib.asynccontextmanager
-async def _replicas(
+async def replicas_over(
     kube_apiserver: KubeApiServer, prefix: str, keys: dict[str, str]
 ) -> AsyncIterator[Replicas]:
+    """Replicas over a fresh `colour_configmap` with `keys`; every one started is stopped."""
     async with colour_configmap(kube_apiserver, prefix, keys) as made_up:
         made = Replicas(kube_apiserver, made_up.api, made_up.ref, made_up.colours)
         try:
@@ -124,10 +120,7 @@ async def _replicas(
         finally:
             for chore in made.background:
                 chore.cancel()
-            for process, task in made.running:
-                process.stop()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
+            await stop_all(made.running)
 
 
 async def decision_recorded(replicas: Replicas, desired: str, served: str) -> ServedDecision:

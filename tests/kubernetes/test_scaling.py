@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,13 @@ from kubernetes_asyncio import client
 
 from controller.cluster_ops import switch_colour
 from controller.decision import read_decision
-from controller.kube import MERGE_PATCH, ConfigMapRef, KubeClient, load_api_client
+from controller.kube import MERGE_PATCH, ConfigMapRef, KubeClient
 from controller.leader import LeaseSettings
 from controller.process import ConfigMapSpec, ProxyProcess
 from controller.scale_plan import SCALED_DOWN_ANNOTATION, read_records
 from tests.kubernetes.apiserver import KubeApiServer
-from tests.support.colours import BreakableColour, start_app
+from tests.kubernetes.colour_configmap import colour_configmap
+from tests.support.colours import BreakableColour
 from tests.support.kube_fixtures import new_server, started
 from tests.support.kube_process import proxy_following
 from tests.support.waiting import wait_for, wait_for_async
@@ -148,17 +148,19 @@ async def scene(
 ) -> AsyncIterator[Scene]:
     """Everything of `Scene`, for the proxy identity `user` (its Roles bound as the user's)."""
     apiserver, tokens = server
-    colours = {"blue": BreakableColour("blue"), "green": BreakableColour("green")}
-    runners = []
-    for colour in colours.values():
-        runner, colour.port = await start_app(colour.app())
-        runners.append(runner)
-    api = await load_api_client(apiserver.kubeconfig)
-    made: Scene | None = None
-    try:
-        namespace = f"scale-{uuid.uuid4().hex[:8]}"
-        core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-        await core.create_namespace(as_body({"metadata": {"name": namespace}}))
+    keys = {
+        "health.interval": "200ms",
+        "health.timeout": "100ms",
+        "health.failureThreshold": "2",
+        "health.successThreshold": "2",
+        "rollback.window": "1s",
+        "scale.blue": "deployment/myapp-v1",
+        "scale.green": "deployment/myapp-v2",
+        **extra,
+    }
+    async with colour_configmap(apiserver, "scale", keys) as made_up:
+        api, namespace = made_up.api, made_up.ref.namespace
+        rbac = client.RbacAuthorizationV1Api(api)
         granted = roles(BASE_RBAC) + (roles(SCALE_RBAC) if user == SCALING_USER else [])
         for role in granted:
             await rbac.create_namespaced_role(namespace, as_body(role))
@@ -182,36 +184,16 @@ async def scene(
             await client.AppsV1Api(api).create_namespaced_deployment(
                 namespace, as_body(deployment(name, version))
             )
-        data = {
-            "active": "blue",
-            **{f"upstream.{n}": c.url for n, c in colours.items()},
-            "health.interval": "200ms",
-            "health.timeout": "100ms",
-            "health.failureThreshold": "2",
-            "health.successThreshold": "2",
-            "rollback.window": "1s",
-            "scale.blue": "deployment/myapp-v1",
-            "scale.green": "deployment/myapp-v2",
-            **extra,
-        }
-        await core.create_namespaced_config_map(
-            namespace, as_body({"metadata": {"name": "bluegreen"}, "data": data})
-        )
         kubeconfig = apiserver.kubeconfig_for(
             tokens[user], apiserver.dir / f"kubeconfig-{user}.yaml"
         )
-        made = Scene(
-            api, ConfigMapRef(namespace, "bluegreen"), colours, kubeconfig, apiserver.kubeconfig
-        )
-        # The RBAC authorizer learns of new bindings a moment later.
-        await asyncio.sleep(0.5)
-        yield made
-    finally:
-        if made is not None:
+        made = Scene(api, made_up.ref, made_up.colours, kubeconfig, apiserver.kubeconfig)
+        try:
+            # The RBAC authorizer learns of new bindings a moment later.
+            await asyncio.sleep(0.5)
+            yield made
+        finally:
             made.stop_following()
-        await api.close()
-        for runner in runners:
-            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
