@@ -48,15 +48,19 @@ class Proxy:
         *,
         stderr: IO[bytes] | int = subprocess.STDOUT,
         global_args: tuple[str, ...] = (),
+        log: Path | None = None,
     ) -> None:
         """`stderr` (the process log): merged into stdout unless a file is given for it.
 
+        `log`: stdout and stderr both go to this file instead (a pipe nobody reads can fill up
+        under traffic, and the access log is on stdout); `output()` is then its end.
         `global_args` go before `run` (`--log-format json`).
         """
         self.global_args = global_args
         self.config = config
         self.extra_args = extra_args
         self.stderr = stderr
+        self.log = log
         self.port = free_port()
         self.admin_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,6 +74,13 @@ class Proxy:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> None:
+        if self.log is not None:
+            with self.log.open("wb") as sink:
+                self._start(sink, subprocess.STDOUT)
+        else:
+            self._start(subprocess.PIPE, self.stderr)
+
+    def _start(self, stdout: IO[bytes] | int, stderr: IO[bytes] | int) -> None:
         self.process = subprocess.Popen(
             [
                 *BLUEGREEN,
@@ -85,8 +96,8 @@ class Proxy:
                 "5",
                 *self.extra_args,
             ],
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
+            stdout=stdout,
+            stderr=stderr,
         )
 
     async def wait_ready(self) -> None:
@@ -95,12 +106,24 @@ class Proxy:
         await wait_until_ready(self.admin, lambda: process.poll() is not None, self.output)
 
     def stop(self) -> int:
+        """SIGTERM, and its exit status; one still running after 15 s is killed, and fails."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise
+
+    async def stop_in_thread(self) -> int:
+        """As `stop`, in a thread: apps on the test's loop keep answering while it drains."""
+        return await asyncio.to_thread(self.stop)
 
     def output(self) -> str:
+        if self.log is not None:
+            return self.log.read_text(errors="replace")[-4000:]
         if self.process is None or self.process.stdout is None or self.process.poll() is None:
             return ""
         return self.process.stdout.read().decode(errors="replace")
