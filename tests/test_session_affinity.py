@@ -383,9 +383,11 @@ async def page_colour(port: int, cookie: bytes | None) -> str:
     return body.decode().strip()
 
 
-async def test_switch_keeps_sessions_and_a_rollback_moves_everyone_back(
+async def blue_session_across_a_switch(
     process: tuple[ProxyProcess, dict[str, BreakableColour], Path],
-) -> None:
+) -> tuple[int, bytes]:
+    """Take a session cookie on blue, switch to green, and see that cookie still kept on blue;
+    return the proxy's port and the cookie."""
     running, colours, config = process
     port = running.proxy_port
     blue = await cookie_from(port)
@@ -396,6 +398,14 @@ async def test_switch_keeps_sessions_and_a_rollback_moves_everyone_back(
         "switch",
     )
     assert await page_colour(port, blue) == "blue"
+    return port, blue
+
+
+async def test_switch_keeps_sessions_and_a_rollback_moves_everyone_back(
+    process: tuple[ProxyProcess, dict[str, BreakableColour], Path],
+) -> None:
+    running, colours, _ = process
+    port, blue = await blue_session_across_a_switch(process)
     assert await page_colour(port, None) == "green"
     green = await cookie_from(port)
     assert green.startswith(b"bluegreen_session=green.")
@@ -421,16 +431,8 @@ async def test_switch_keeps_sessions_and_a_rollback_moves_everyone_back(
 async def test_an_unhealthy_old_colour_ends_the_window(
     process: tuple[ProxyProcess, dict[str, BreakableColour], Path],
 ) -> None:
-    running, colours, config = process
-    port = running.proxy_port
-    blue = await cookie_from(port)
-    switch(config, colours, "green")
-    await wait_for(
-        lambda: running.state.table is not None and running.state.table.active == "green",
-        5,
-        "switch",
-    )
-    assert await page_colour(port, blue) == "blue"
+    running, colours, _ = process
+    port, blue = await blue_session_across_a_switch(process)
     colours["blue"].healthy = False
     await wait_for(
         lambda: running.state.table is not None and running.state.table.drain is None,
