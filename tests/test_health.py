@@ -80,8 +80,8 @@ async def test_probes_follow_each_colour(flippable: dict[str, FlippableHealth]) 
             "active": "blue",
             "upstream.blue": f"http://127.0.0.1:{flippable['blue'].port}",
             "upstream.green": f"http://127.0.0.1:{flippable['green'].port}",
-            "health.interval": "100ms",
-            "health.timeout": "50ms",
+            "health.interval": "200ms",
+            "health.timeout": "200ms",  # a healthy probe's bound; "slow" takes 1 s, always over
             "health.failureThreshold": "2",
             "health.successThreshold": "2",
         }
@@ -95,12 +95,12 @@ async def test_probes_follow_each_colour(flippable: dict[str, FlippableHealth]) 
         await wait_until(lambda: checker.health("blue") is H and checker.health("green") is H, 2)
         flippable["green"].mode = "fail"
         took = await wait_until(lambda: checker.health("green") is U, 2)
-        assert took < 0.5  # two failures at 100 ms intervals, plus a margin
+        assert took < 2 * 0.2 + 0.3  # two failures at 200 ms intervals, plus a margin
         assert "answered 500" in (checker.states["green"].last_error or "")
         assert checker.health("blue") is H  # the idle colour is checked, the active one too
         flippable["blue"].mode = "slow"
         await wait_until(lambda: checker.health("blue") is U, 2)
-        assert "did not answer within 0.05s" in (checker.states["blue"].last_error or "")
+        assert "did not answer within 0.2s" in (checker.states["blue"].last_error or "")
         flippable["green"].mode = "ok"
         await wait_until(lambda: checker.health("green") is H, 2)
         assert ("green", U) in changes and ("blue", U) in changes
@@ -114,7 +114,7 @@ async def test_status_and_metrics_show_health(
     config = tmp_path / "bluegreen.yaml"
     config.write_text(
         config_text(colours, "blue")
-        + "health.interval: 100ms\nhealth.timeout: 50ms\nhealth.path: /healthz\n"
+        + "health.interval: 100ms\nhealth.timeout: 100ms\nhealth.path: /healthz\n"
     )
     with running(config) as proxy:
         await proxy.wait_ready()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,11 +12,11 @@ import pytest
 import yaml
 
 from controller.file_source import write_active
-from controller.health_state import Health
+from controller.health_state import Health, HealthState
 from controller.process import ProxyProcess
 from controller.rollback import Action, Observation, Policy, Watch, decide, preflight
+from tests.support.colours import FAST_FAILURE_THRESHOLD, breakable_config
 from tests.support.colours import BreakableColour as Colour
-from tests.support.colours import breakable_config
 from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.process import run_cli
 from tests.support.waiting import wait_for as wait
@@ -99,6 +100,21 @@ async def setup(
             yield process, colours, config
 
 
+def watch_turning_unhealthy(process: ProxyProcess, colour: str) -> list[tuple[int, float]]:
+    """From now on, each time `colour` turns unhealthy: its failures in a row, and when."""
+    seen: list[tuple[int, float]] = []
+    on_change = process.health.on_change
+    assert on_change is not None
+
+    def watching(name: str, before: HealthState, after: HealthState) -> None:
+        if name == colour and after.health is U:
+            seen.append((after.failures, time.time()))
+        on_change(name, before, after)
+
+    process.health.on_change = watching
+    return seen
+
+
 def active_in(config: Path) -> str:
     return str(yaml.safe_load(config.read_text())["active"])
 
@@ -119,14 +135,18 @@ async def test_unhealthy_new_colour_is_rolled_back_and_stays_back(
     process, colours, config = setup
     write_active(config, "green")
     await wait(lambda: process.state.table is not None and process.state.table.active == "green", 2)
+    turned_unhealthy = watch_turning_unhealthy(process, "green")
     colours["green"].healthy = False
-    took = await wait(
-        lambda: process.state.table is not None and process.state.table.active == "blue", 5
-    )
-    assert took < 0.1 * 2 + 0.5  # interval x failureThreshold, plus a margin
+    await wait(lambda: process.state.table is not None and process.state.table.active == "blue", 5)
     assert (await live(process, 3))[-1] == (200, "blue")
     latest = process.state.switches[0]
     assert (latest.from_colour, latest.to_colour) == ("green", "blue")
+    # Unhealthy on the failureThreshold-th failed probe in a row, and rolled back within 0.5 s
+    # of it: counted in probes, not in seconds since the break, which the slower probes of a
+    # loaded machine stretch.
+    [(failures, unhealthy_at)] = turned_unhealthy
+    assert failures == FAST_FAILURE_THRESHOLD
+    assert 0 <= latest.at.timestamp() - unhealthy_at < 0.5
     assert latest.reason == "rollback: green unhealthy (active health check)"
     assert process.guard.failed["green"] == latest.reason
     # The file is the desired state: never rewritten. The decision is the process's, in memory.

@@ -36,7 +36,7 @@ from proxy.session_affinity import (
     cookie_colour,
     drain_after,
 )
-from tests.support.colours import BreakableColour, ColourApp
+from tests.support.colours import BreakableColour, ColourApp, breakable_config
 from tests.support.in_process import breakable_colours, in_process_proxy
 from tests.support.net import RunningProxy, TableFactory, raw_exchange
 from tests.support.waiting import wait_for
@@ -356,14 +356,8 @@ SESSION_KEYS = "session.affinity: cookie\nsession.drainTimeout: 5m\n"
 
 
 def config_text(colours: dict[str, BreakableColour], active: str) -> str:
-    """Session affinity on; health checks fast enough to see a colour fail within a second,
-    and three misses in a row needed, so that a loaded machine does not fail one by accident."""
-    return (
-        f"active: {active}\nupstream.blue: {colours['blue'].url}\n"
-        f"upstream.green: {colours['green'].url}\n"
-        "health.interval: 200ms\nhealth.timeout: 200ms\n"
-        "health.failureThreshold: 3\nhealth.successThreshold: 1\n" + SESSION_KEYS
-    )
+    """Session affinity on; health checks fast enough to see a colour fail within a second."""
+    return breakable_config(colours, active, SESSION_KEYS)
 
 
 def switch(config: Path, colours: dict[str, BreakableColour], active: str) -> None:

@@ -104,7 +104,7 @@ class Cluster:
 async def cluster(kube_apiserver: KubeApiServer, tmp_path: Path) -> AsyncIterator[Cluster]:
     health = {
         "health.interval": "100ms",
-        "health.timeout": "50ms",
+        "health.timeout": "100ms",  # bounds a healthy probe; green fails by answering 503
         "health.failureThreshold": "2",
         "health.successThreshold": "1",
     }

@@ -88,7 +88,7 @@ class Replicas:
 
 HEALTH = {
     "health.interval": "200ms",
-    "health.timeout": "100ms",
+    "health.timeout": "200ms",  # bounds a healthy probe: colours fail by answering 503 or 500
     "health.failureThreshold": "2",
     "health.successThreshold": "1",
 }

@@ -150,7 +150,7 @@ async def scene(
     apiserver, tokens = server
     keys = {
         "health.interval": "200ms",
-        "health.timeout": "100ms",
+        "health.timeout": "200ms",  # bounds a healthy probe: colours fail by answering 503
         "health.failureThreshold": "2",
         "health.successThreshold": "2",
         "rollback.window": "1s",

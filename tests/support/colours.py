@@ -189,10 +189,17 @@ class BreakableColour:
         return app
 
 
-# Health checks fast enough for a test to see a colour turn unhealthy and a rollback happen.
+# Health checks fast enough for a test to see a colour turn unhealthy and a rollback happen
+# within a second, and that a loaded machine does not fail by accident. A test breaks a colour
+# deterministically (/healthz answers 503), never by being slow, so the timeout only bounds a
+# healthy probe: as long as the config allows (the interval), since the colour apps, the probes
+# and the proxy share one event loop, which a loaded machine stalls for a moment now and then.
+# Three misses in a row are needed: one stall does not make a healthy colour unhealthy.
+FAST_INTERVAL = 0.2  # seconds
+FAST_FAILURE_THRESHOLD = 3
 FAST_HEALTH_CHECKS = (
-    "health.interval: 100ms\nhealth.timeout: 50ms\n"
-    "health.failureThreshold: 2\nhealth.successThreshold: 1\n"
+    f"health.interval: {FAST_INTERVAL * 1000:g}ms\nhealth.timeout: {FAST_INTERVAL * 1000:g}ms\n"
+    f"health.failureThreshold: {FAST_FAILURE_THRESHOLD}\nhealth.successThreshold: 1\n"
 )
 
 
