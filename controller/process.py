@@ -499,8 +499,11 @@ class ProxyProcess:
     async def run(self) -> None:
         """Load the config, serve until SIGTERM or SIGINT, then shut down gracefully.
 
-        Raises ConfigError when the file is invalid at start: the process never runs on a
-        half-valid config.
+        Start-up: the config is loaded, the admin port opens (`/healthz` answers from then
+        on), then the proxy listener; `/readyz` answers 200 only once the listener accepts
+        connections (`ControlState.readiness`). Raises ConfigError when the file is invalid at
+        start: the process never runs on a half-valid config. Raises OSError when a port cannot
+        be bound, after closing what was opened, so `/readyz` never said ready.
         """
         self.server = ProxyServer(self.stats, settings=self.server_settings)
         source = self.source
@@ -513,12 +516,17 @@ class ProxyProcess:
             ),
             access_log=None,
         )
-        await admin_runner.setup()
-        admin_site = web.TCPSite(admin_runner, self.admin_listen.host, self.admin_listen.port)
-        await admin_site.start()
-        self.admin_port = _bound_port(admin_site)
-        listener = await self.server.listen(self.listen.host, self.listen.port)
+        try:
+            await admin_runner.setup()
+            admin_site = web.TCPSite(admin_runner, self.admin_listen.host, self.admin_listen.port)
+            await admin_site.start()
+            self.admin_port = _bound_port(admin_site)
+            listener = await self.server.listen(self.listen.host, self.listen.port)
+        except BaseException:
+            await self._abandon_start(admin_runner)
+            raise
         self.proxy_port = int(listener.sockets[0].getsockname()[1])
+        self.state.listening = True  # /readyz may say ready from now on
         watch = asyncio.create_task(source.run(), name="config-source")
         guard = asyncio.create_task(self._guard_loop(), name="switch-guard")
         scaling = asyncio.create_task(self.scaler.run(), name="scaling") if self.scaler else None
@@ -542,6 +550,12 @@ class ProxyProcess:
             await source.resign()
             await self._shutdown(watch, admin_runner)
             await source.close()
+
+    async def _abandon_start(self, admin_runner: web.AppRunner) -> None:
+        """Close what a start-up that failed had opened: the admin port, probes, the source."""
+        await admin_runner.cleanup()
+        await self.health.close()
+        await self.source.close()
 
     def stop(self) -> None:
         """Ask the process to shut down (what SIGTERM does)."""

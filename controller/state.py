@@ -58,6 +58,7 @@ class ControlState:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.switches: deque[SwitchRecord] = deque(maxlen=SWITCH_HISTORY)
+        self.listening = False  # the proxy listener accepts connections
         self.shutting_down = False
 
     def accepted(self, table: RoutingTable, reason: str = "manual") -> SwitchRecord | None:
@@ -86,11 +87,17 @@ class ControlState:
         self.last_error_at = utc_now()
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once a valid config is loaded and until shutdown starts."""
+        """Ready once a valid config is loaded and the proxy listener is open, until shutdown.
+
+        Ready means a connection to the proxy port is accepted and served with the config: a
+        file's config is loaded before the listener opens, so the config alone is not enough.
+        """
         if self.shutting_down:
             return False, "shutting down"
         if self.table is None:
             return False, "no valid config loaded yet"
+        if not self.listening:
+            return False, "proxy listener not open yet"
         return True, f"ready: active={self.table.active} version={self.table.version}"
 
     def snapshot(

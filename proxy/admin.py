@@ -60,7 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 200 once a valid config is loaded and while not shutting down, else 503."""
+    """Readiness: 200 once a valid config is served (the controller decides), else 503."""
     ready, reason = request.app[READY_KEY]()
     return web.Response(status=200 if ready else 503, text=reason + "\n")
 
