@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 from typing import Final, Protocol
+
+log = logging.getLogger(__name__)
 
 # Bodies shorter than this (what is left after the head's read) take the ordinary path: the
 # descriptor duplicates, the pipe and the event registrations cost more than copying them.
@@ -41,6 +44,10 @@ MAX_MOVES_PER_CALLBACK: Final = 16
 _FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "SPLICE_F_MOVE") else 0
 # Where the client is gone: the splice ends as a client failure, not an upstream one.
 _CLIENT_GONE: Final = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+# splice(2) not allowed here: a seccomp profile that forbids it (EPERM, or ENOSYS from some
+# sandboxes), or descriptors it does not support (EINVAL). Nothing has moved when the first call
+# says so, so the body is copied instead, and so is every later one.
+_REFUSED: Final = frozenset({errno.EPERM, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 _spare_pipes: list[tuple[int, int, int]] = []  # (read end, write end, capacity)
 
@@ -63,6 +70,24 @@ def splice_available() -> bool:
     return hasattr(os, "splice") and os.environ.get("BLUEGREEN_SPLICE", "1") != "0"
 
 
+class SpliceSwitch:
+    """Whether large bodies are spliced: on where available, off for good once refused."""
+
+    __slots__ = ("enabled",)
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def refused(self, reason: str) -> None:
+        """The kernel refused splice(2) here: say so once, and copy bodies from now on."""
+        if self.enabled:
+            self.enabled = False
+            log.warning("splice(2) refused (%s): large response bodies are copied instead", reason)
+
+
+switch = SpliceSwitch(splice_available())
+
+
 class SpliceEvents(Protocol):
     """What a splice tells the connection that started it."""
 
@@ -76,6 +101,10 @@ class SpliceEvents(Protocol):
 
     def splice_failed(self, client_gone: bool, message: str) -> None:
         """The splice stopped: the upstream closed or failed, or (`client_gone`) the client."""
+        ...
+
+    def splice_refused(self) -> None:
+        """splice(2) is not allowed here and nothing moved: copy the body instead."""
         ...
 
 
@@ -108,6 +137,7 @@ class BodySplice:
         "events",
         "in_pipe",
         "loop",
+        "moved_any",
         "pipe",
         "pipe_in",
         "pipe_out",
@@ -131,6 +161,7 @@ class BodySplice:
         self.in_pipe = 0
         self.reading = False
         self.waiting_for_client = False
+        self.moved_any = False
         self.upstream = os.dup(upstream_fd)
         try:
             self.client = os.dup(client_fd)
@@ -182,12 +213,18 @@ class BodySplice:
                 except BlockingIOError:
                     moved = -1
                 except OSError as error:
+                    if error.errno in _REFUSED and not self.moved_any:
+                        self._release()
+                        switch.refused(error.strerror or str(error))
+                        self.events.splice_refused()
+                        return
                     self._fail(False, f"reading the upstream: {error.strerror or error}")
                     return
                 if moved == 0:
                     self._fail(False, "connection closed before the response was complete")
                     return
                 if moved > 0:
+                    self.moved_any = True
                     self.to_read -= moved
                     self.in_pipe += moved
             if not self._drain():

@@ -19,17 +19,16 @@ from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from proxy import splice
 from proxy.flow import PEER_BACKED_UP, SPLICING, ReadGate
 from proxy.framing import FailureKind
 from proxy.headers import ResponseHead, ResponseHeadError
 from proxy.routing import PoolSettings
-from proxy.splice import SPLICE_MIN_BYTES, BodySplice, splice_available
+from proxy.splice import SPLICE_MIN_BYTES, BodySplice
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEAD = 64 * 1024
-# Decided once: whether large bodies move socket to socket in the kernel (proxy/splice.py).
-SPLICE_BODIES = splice_available()
 
 
 class ClientWriter(Protocol):
@@ -232,7 +231,11 @@ class UpstreamConnection(asyncio.Protocol):
                 "protocol", "response head larger than 64 KiB", response_seen=False
             )
             self.close()
-        elif self.pass_through >= SPLICE_MIN_BYTES and SPLICE_BODIES and self.exchange is exchange:
+        elif (
+            self.pass_through >= SPLICE_MIN_BYTES
+            and splice.switch.enabled
+            and self.exchange is exchange
+        ):
             self._start_splice(exchange)
 
     def _parse(self, data: bytes, exchange: ResponseHandler) -> None:
@@ -418,6 +421,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading.unblock(SPLICING)
         self._finish()
 
+    def splice_refused(self) -> None:
+        """splice(2) is not allowed here: the rest of the body is copied, as without it."""
+        self.splice = None
+        assert self.remaining is not None
+        self.pass_through = self.remaining
+        self.reading.unblock(SPLICING)
+
     def splice_failed(self, client_gone: bool, message: str) -> None:
         """The splice stopped before the end: fail like a read or a client write would."""
         self.splice = None
@@ -444,21 +454,21 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             fd = self.fd = int(sock.fileno())
         try:
-            splice = BodySplice(self.loop, fd, client_fd, self.pass_through, self)
+            body = BodySplice(self.loop, fd, client_fd, self.pass_through, self)
         except OSError as error:
             # Out of descriptors, most likely: this body takes the ordinary path.
             log.warning("cannot splice a response body, copying it instead: %s", error)
             return
-        self.splice = splice
+        self.splice = body
         self.pass_through = 0
         self.reading.block(SPLICING)
-        splice.start()
+        body.start()
 
     def _stop_splice(self) -> None:
-        splice = self.splice
-        if splice is not None:
+        body = self.splice
+        if body is not None:
             self.splice = None
-            splice.cancel()
+            body.cancel()
 
     def _pass_body_through(self, data: bytes, exchange: ResponseHandler) -> None:
         """Forward up to `pass_through` body bytes unparsed, finishing the response at its end."""
@@ -498,8 +508,8 @@ class UpstreamConnection(asyncio.Protocol):
             return  # idle in the pool: the next attach arms the timer again
         timeout = self.read_timeout
         idle_for = self.loop.time() - self.last_activity
-        splice = self.splice
-        if exchange.waiting_for_client() or (splice is not None and splice.waiting_for_client):
+        body = self.splice
+        if exchange.waiting_for_client() or (body is not None and body.waiting_for_client):
             # The client is slow to send its body or to read ours: not the upstream's fault.
             self._arm_timer(timeout)
         elif idle_for >= timeout:

@@ -8,6 +8,7 @@ way, and no descriptor outlives its connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import socket
@@ -15,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-import proxy.upstream
 from proxy import splice
 from proxy.routing import ProxyTimeouts
 from tests.support.upstreams import Handler, RawUpstreams
@@ -100,7 +100,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Run the test with large bodies spliced, then with them copied through the process."""
     if request.param == "spliced" and not splice.splice_available():
         pytest.fail("os.splice is missing: bluegreen's platform is Linux, where it exists")
-    monkeypatch.setattr(proxy.upstream, "SPLICE_BODIES", request.param == "spliced")
+    monkeypatch.setattr(splice.switch, "enabled", request.param == "spliced")
     yield request.param
 
 
@@ -319,3 +319,42 @@ async def test_bytes_past_content_length_never_reach_the_client(
     finally:
         writer.close()
     assert connections == [2]  # the connection with the extra bytes was never reused
+
+
+async def test_where_splice_is_refused_bodies_are_copied_from_then_on(
+    raw_upstreams: RawUpstreams,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    no_leaks: None,
+) -> None:
+    """A seccomp profile that forbids splice(2) answers EPERM: the body arrives whole anyway.
+
+    The kernel's refusal is what is injected here (os.splice raising as under such a profile);
+    the proxy's fallback, its one warning and the switch staying off are what is tested.
+    """
+    calls = [0]
+
+    def refused(*args: object, **kwargs: object) -> int:
+        calls[0] += 1
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(splice.switch, "enabled", True)
+    monkeypatch.setattr(os, "splice", refused)
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            await send_in_pieces(writer, head(LARGE) + body(LARGE, 5))
+
+    server = await raw_upstreams.proxy_to(await raw_upstreams.start(closing(large)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for _ in range(2):
+            writer.write(REQUEST)
+            assert (await read_response(reader))[1] == body(LARGE, 5)
+    finally:
+        writer.close()
+    assert calls == [1]  # refused once; the second body was copied without asking again
+    assert splice.switch.enabled is False
+    warnings = [r for r in caplog.records if "splice(2) refused" in r.getMessage()]
+    assert len(warnings) == 1
+    assert server.server.stats.upstream_errors == {}

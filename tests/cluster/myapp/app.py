@@ -4,7 +4,8 @@ It answers every GET with its version (``myapp v1``), set at image build time in
 and the pod's name, so a test can tell versions and replicas apart. Its variables are not
 named MYAPP_*: the kubelet's service links for the tutorial's Service ``myapp`` set MYAPP_PORT
 (``tcp://...``) in every pod of the namespace. ``/healthz`` answers 200
-while the app is well. ``POST /fail`` makes this one process answer 500 to everything but
+while the app is well; ``/bytes/N`` answers N bytes of `pattern` (at most 64 MiB), for the
+large-body tests. ``POST /fail`` makes this one process answer 500 to everything but
 ``/recover`` (its readiness probe fails too), and ``POST /recover`` makes it well again: that
 is how the rollback tests turn a colour bad after a switch. Standard library only, so that the
 image is the stand-in base plus this file.
@@ -24,6 +25,13 @@ VERSION = os.environ.get("APP_VERSION", "v0")
 POD = os.environ.get("HOSTNAME") or socket.gethostname()
 PORT = int(os.environ.get("APP_LISTEN_PORT", "80"))
 failing = threading.Event()
+MAX_BYTES = 64 * 1024 * 1024
+PATTERN = bytes(range(251))  # a prime length: no power-of-two chunking lines up with it
+
+
+def pattern(size: int) -> bytes:
+    """The body of ``/bytes/<size>``: PATTERN repeated and cut to `size`."""
+    return (PATTERN * (size // len(PATTERN) + 1))[:size]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,6 +49,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._answer(500, f"myapp {VERSION} failing on purpose ({POD})\n")
         elif self.path.startswith("/healthz"):
             self._answer(200, "ok\n")
+        elif self.path.startswith("/bytes/") and self.path[7:].isdigit():
+            size = int(self.path[7:])
+            if size > MAX_BYTES:
+                self._answer(400, f"at most {MAX_BYTES} bytes\n")
+            else:
+                self._send(200, "application/octet-stream", pattern(size))
         else:
             self._answer(200, f"myapp {VERSION} {POD}\n")
 
@@ -59,9 +73,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.do_GET()
 
     def _answer(self, status: int, text: str) -> None:
-        body = text.encode()
+        self._send(status, "text/plain; charset=utf-8", text.encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Myapp-Version", VERSION)
         self.end_headers()
