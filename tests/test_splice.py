@@ -19,6 +19,7 @@ import pytest
 from proxy import splice
 from proxy.routing import ProxyTimeouts
 from tests.support.upstreams import Handler, RawUpstreams
+from tests.support.waiting import wait_for
 
 LARGE = 3 * 1024 * 1024 + 17  # past SPLICE_MIN_BYTES and several pipes' worth
 PIECE = 256 * 1024
@@ -290,8 +291,9 @@ async def test_a_client_that_leaves_mid_body_closes_the_upstream_connection(
     writer.transport.abort()
     async with asyncio.timeout(5):
         await upstream_closed.wait()
-    await asyncio.sleep(0.05)
-    assert server.server.stats.requests == {("blue", "live", 200): 1}
+    stats = server.server.stats
+    await wait_for(lambda: bool(stats.requests), 5, "the cut request counted")
+    assert stats.requests == {("blue", "live", 200): 1}
 
 
 async def test_bytes_past_content_length_never_reach_the_client(
