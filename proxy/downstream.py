@@ -34,6 +34,7 @@ from proxy.preview_link import answer_link, is_link
 from proxy.request_id import REQUEST_ID_HEADER, new_request_id, trace_id_of, valid_request_id
 from proxy.routing import DEFAULT_LIMITS, LIVE, ClientLimits, Route, RoutingTable
 from proxy.shadow import ShadowMirror
+from proxy.splice import transport_fd
 
 log = logging.getLogger(__name__)
 
@@ -453,15 +454,12 @@ class ClientConnection(asyncio.Protocol):
             or transport.get_write_buffer_size()
         ):
             return None
-        fd = self.fd
-        if fd < 0:
-            # Asked once per connection: uvloop builds a socket object and asks the kernel for
-            # its address on every get_extra_info("socket").
-            sock = transport.get_extra_info("socket")
-            if sock is None:
+        if self.fd < 0:
+            fd = transport_fd(transport)
+            if fd is None:
                 return None
-            fd = self.fd = int(sock.fileno())
-        return fd
+            self.fd = fd
+        return self.fd
 
     def cork(self) -> None:
         """Hold writes until `uncork`, to send what one upstream read produced in one syscall.

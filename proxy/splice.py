@@ -108,6 +108,16 @@ class SpliceEvents(Protocol):
         ...
 
 
+def transport_fd(transport: asyncio.Transport) -> int | None:
+    """The descriptor of a transport's socket, or None for a transport without one.
+
+    Callers keep it per connection: uvloop builds a socket object and asks the kernel for its
+    address on every get_extra_info("socket").
+    """
+    sock = transport.get_extra_info("socket")
+    return None if sock is None else int(sock.fileno())
+
+
 def _take_pipe() -> tuple[int, int, int]:
     """A spare empty pipe, or a new one made as large as the kernel allows."""
     if _spare_pipes:

@@ -24,7 +24,7 @@ from proxy.flow import PEER_BACKED_UP, SPLICING, ReadGate
 from proxy.framing import FailureKind
 from proxy.headers import ResponseHead, ResponseHeadError
 from proxy.routing import PoolSettings
-from proxy.splice import SPLICE_MIN_BYTES, BodySplice
+from proxy.splice import SPLICE_MIN_BYTES, BodySplice, transport_fd
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +416,8 @@ class UpstreamConnection(asyncio.Protocol):
     def splice_finished(self) -> None:
         """The body is complete: read this connection again and finish the response."""
         self.splice = None
-        self.remaining = 0
-        self.message_done = True
         self.reading.unblock(SPLICING)
-        self._finish()
+        self._body_done()
 
     def splice_refused(self) -> None:
         """splice(2) is not allowed here: the rest of the body is copied, as without it."""
@@ -446,15 +444,13 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         if client_fd is None or transport is None:
             return
-        fd = self.fd
-        if fd < 0:
-            # Asked once per connection: uvloop builds a new socket object every time.
-            sock = transport.get_extra_info("socket")
-            if sock is None:
+        if self.fd < 0:
+            fd = transport_fd(transport)
+            if fd is None:
                 return
-            fd = self.fd = int(sock.fileno())
+            self.fd = fd
         try:
-            body = BodySplice(self.loop, fd, client_fd, self.pass_through, self)
+            body = BodySplice(self.loop, self.fd, client_fd, self.pass_through, self)
         except OSError as error:
             # Out of descriptors, most likely: this body takes the ordinary path.
             log.warning("cannot splice a response body, copying it instead: %s", error)
@@ -482,9 +478,13 @@ class UpstreamConnection(asyncio.Protocol):
             # More bytes than Content-Length said: the connection's framing is broken.
             self.reusable = False
         if self.pass_through == 0:
-            self.remaining = 0
-            self.message_done = True
-            self._finish()
+            self._body_done()
+
+    def _body_done(self) -> None:
+        """The last byte of a body of known length went out: the response is complete."""
+        self.remaining = 0
+        self.message_done = True
+        self._finish()
 
     def _finish(self) -> None:
         exchange = self.exchange
