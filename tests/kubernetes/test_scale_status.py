@@ -161,9 +161,16 @@ async def test_the_page_and_the_cli_follow_a_scale_up_its_timeout_and_the_retry(
         await expect(green).to_contain_text("bluegreen switch green --retry tries again")
         await expect(banner).to_contain_text("Switch to green failed: " + refused)
         await expect(banner).to_have_class("failed")
-        assert gauge(process, "bluegreen_colour_scaling_up", "green") == 0
-        assert (
-            gauge(process, "bluegreen_colour_scale_up_deadline_timestamp_seconds", "green") is None
+        # The refusal is recorded (what the page shows) before the scaler has scaled green
+        # back down and cleared its scale-up: the gauges follow within a moment.
+        await wait_for(
+            lambda: (
+                gauge(process, "bluegreen_colour_scaling_up", "green") == 0
+                and gauge(process, "bluegreen_colour_scale_up_deadline_timestamp_seconds", "green")
+                is None
+            ),
+            5,
+            "the scale-up gauges cleared after the timeout",
         )
         code, text = await cli_status(made, "--admin", f"127.0.0.1:{process.admin_port}")
         assert code == 4
